@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference as _ref
+from ..reference import asm as _ref_asm
 from . import _checks
 from ._dispatch import FusedOp, as_bc, compute_dtype, resolve_backend
+
+__all__ = ["recover", "RESIDE_PRESETS"]
 
 FAMILY = "asm"
 
@@ -103,7 +105,7 @@ def recover(I, t, A, t0=0.1, clamp=None, *, backend="auto"):
     lo, hi = _clamp_range(clamp)
     b = resolve_backend(backend, FAMILY, I.device)
     if b == "reference":
-        return _ref.asm.recover(I, t, A, t0, clamp)
+        return _ref_asm.recover(I, t, A, t0, clamp)
     B, C = I.shape[:2]
     cdt = compute_dtype(I.dtype)
     A_bc = as_bc(A, "A", B, C, cdt, I.device)
