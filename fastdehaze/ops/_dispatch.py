@@ -30,6 +30,9 @@ from .. import _ext
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
+#: Every FusedOp created, by name (the tests walk it: schema parity, opcheck coverage).
+REGISTRY: dict[str, "FusedOp"] = {}
+
 
 def resolve_backend(backend: str, family: str, device: torch.device) -> str:
     """Return the concrete backend ("reference", "cpu", "cuda" or "triton") for tensors on ``device``."""
@@ -79,6 +82,7 @@ class FusedOp:
                  triton_backward_impl: Optional[Callable] = None, setup_context: Optional[Callable] = None,
                  backward: Optional[Callable] = None):
         self.name, self.family = name, family
+        REGISTRY[name] = self
         _ext.load(family)
         self.native = None
         self.native_backward = None
