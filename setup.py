@@ -124,7 +124,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.11,<2.15", "numpy", "pillow", "tqdm"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "opencv-python-headless", "piq"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "opencv-python-headless"],
         "triton": ["triton"],
     },
     entry_points={"console_scripts": ["fastdehaze=fastdehaze.cli:main"]},
