@@ -6,7 +6,7 @@ from ._dispatch import BACKENDS  # noqa: F401
 
 # One line per op family (each family's owner edits only its own line).
 from .asm import *  # noqa: F401,F403  (asm)
-# from .dcp import *  # noqa: F401,F403  (dcp)
+from .dcp import *  # noqa: F401,F403  (dcp)
 from .filters import *  # noqa: F401,F403  (filters)
 from .patch import *  # noqa: F401,F403  (patch)
 # from .contrastive import *  # noqa: F401,F403  (contrastive)
