@@ -100,3 +100,236 @@ def recover_backward(grad, I, t, A, t0, lo, hi, clamp, needs_I, needs_t, needs_A
         C, HW, lo, hi, T_PER_CHANNEL=t.shape[1] != 1, CLAMP=clamp, NEEDS_I=needs_I, NEEDS_T=needs_t,
         NEEDS_A=needs_A, BLOCK=BLOCK)
     return gI, gt, gA
+
+
+# ---- synthesize_haze, transmission_from_depth, recompose_k ------------------------------------
+# Same layout as recover: an image-shaped [B,C,HW] tensor, a per-pixel map [B,Cm,HW] with
+# Cm in {1, C} (t, depth or K; MAP_PER_CHANNEL = Cm != 1) and [B,C] parameters (A, beta, b)
+# in the compute dtype.
+
+@triton.jit
+def _synthesize_kernel(J_ptr, t_ptr, A_ptr, I_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = A_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    tv = tl.load(t_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            tv = tl.load(t_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        A = tl.load(A_ptr + b * C + c)
+        off = (b * C + c) * HW + p
+        Jv = tl.load(J_ptr + off, mask=m, other=0.0).to(cdt)
+        tl.store(I_ptr + off, ((Jv - A) * tv + A).to(I_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _synthesize_backward_kernel(g_ptr, J_ptr, t_ptr, A_ptr, gJ_ptr, gt_ptr, gA_ptr, C, HW,
+                                MAP_PER_CHANNEL: tl.constexpr, NEEDS_J: tl.constexpr, NEEDS_T: tl.constexpr,
+                                NEEDS_A: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = A_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    acc = tl.zeros([BLOCK], dtype=cdt)
+    tv = tl.load(t_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            tv = tl.load(t_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        A = tl.load(A_ptr + b * C + c)
+        off = (b * C + c) * HW + p
+        Jv = tl.load(J_ptr + off, mask=m, other=0.0).to(cdt)
+        g = tl.load(g_ptr + off, mask=m, other=0.0).to(cdt)
+        if NEEDS_J:
+            tl.store(gJ_ptr + off, (g * tv).to(gJ_ptr.dtype.element_ty), mask=m)
+        dt = g * (Jv - A)
+        if MAP_PER_CHANNEL:
+            if NEEDS_T:
+                tl.store(gt_ptr + off, dt.to(gt_ptr.dtype.element_ty), mask=m)
+        else:
+            acc += dt
+        if NEEDS_A:
+            tl.atomic_add(gA_ptr + b * C + c, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
+    if NEEDS_T and not MAP_PER_CHANNEL:
+        tl.store(gt_ptr + b * HW + p, acc.to(gt_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _transmission_kernel(d_ptr, beta_ptr, t_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = beta_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            dv = tl.load(d_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        beta = tl.load(beta_ptr + b * C + c)
+        tl.store(t_ptr + (b * C + c) * HW + p, tl.exp(-beta * dv).to(t_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _transmission_backward_kernel(g_ptr, d_ptr, beta_ptr, gd_ptr, gb_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr,
+                                  NEEDS_D: tl.constexpr, NEEDS_BETA: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = beta_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    acc = tl.zeros([BLOCK], dtype=cdt)
+    dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            dv = tl.load(d_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        beta = tl.load(beta_ptr + b * C + c)
+        off = (b * C + c) * HW + p
+        gt = tl.load(g_ptr + off, mask=m, other=0.0).to(cdt) * tl.exp(-beta * dv)
+        dd = -beta * gt
+        if MAP_PER_CHANNEL:
+            if NEEDS_D:
+                tl.store(gd_ptr + off, dd.to(gd_ptr.dtype.element_ty), mask=m)
+        else:
+            acc += dd
+        if NEEDS_BETA:
+            tl.atomic_add(gb_ptr + b * C + c, tl.sum(tl.where(m, -dv * gt, 0.0), axis=0))
+    if NEEDS_D and not MAP_PER_CHANNEL:
+        tl.store(gd_ptr + b * HW + p, acc.to(gd_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _recompose_k_kernel(I_ptr, K_ptr, b_ptr, J_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = b_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    kv = tl.load(K_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            kv = tl.load(K_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        bias = tl.load(b_ptr + b * C + c)
+        off = (b * C + c) * HW + p
+        Iv = tl.load(I_ptr + off, mask=m, other=0.0).to(cdt)
+        tl.store(J_ptr + off, (kv * Iv - kv + bias).to(J_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _recompose_k_backward_kernel(g_ptr, I_ptr, K_ptr, b_ptr, gI_ptr, gK_ptr, gb_ptr, C, HW,
+                                 MAP_PER_CHANNEL: tl.constexpr, NEEDS_I: tl.constexpr, NEEDS_K: tl.constexpr,
+                                 NEEDS_B: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = b_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    acc = tl.zeros([BLOCK], dtype=cdt)
+    kv = tl.load(K_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            kv = tl.load(K_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        off = (b * C + c) * HW + p
+        Iv = tl.load(I_ptr + off, mask=m, other=0.0).to(cdt)
+        g = tl.load(g_ptr + off, mask=m, other=0.0).to(cdt)
+        if NEEDS_I:
+            tl.store(gI_ptr + off, (g * kv).to(gI_ptr.dtype.element_ty), mask=m)
+        dk = g * (Iv - 1.0)
+        if MAP_PER_CHANNEL:
+            if NEEDS_K:
+                tl.store(gK_ptr + off, dk.to(gK_ptr.dtype.element_ty), mask=m)
+        else:
+            acc += dk
+        if NEEDS_B:
+            tl.atomic_add(gb_ptr + b * C + c, tl.sum(g, axis=0))  # masked lanes loaded 0
+    if NEEDS_K and not MAP_PER_CHANNEL:
+        tl.store(gK_ptr + b * HW + p, acc.to(gK_ptr.dtype.element_ty), mask=m)
+
+
+def _grad_buffers(x, needed):
+    return torch.empty_like(x, memory_format=torch.contiguous_format) if needed else x.new_empty(0)
+
+
+def _grad_param(P, B, C, needed):
+    return torch.zeros((B, C), dtype=P.dtype, device=P.device) if needed else P.new_empty(0)
+
+
+def synthesize_haze(J, t, A):
+    """I [B,C,H,W] = (J - A) t + A."""
+    J, t = J.contiguous(), t.contiguous()
+    I = torch.empty_like(J, memory_format=torch.contiguous_format)
+    B, C, H, W = J.shape
+    if I.numel() == 0:
+        return I
+    BLOCK = block_size(H * W)
+    _synthesize_kernel[(triton.cdiv(H * W, BLOCK), B)](J, t, A.contiguous(), I, C, H * W,
+                                                       MAP_PER_CHANNEL=t.shape[1] != 1, BLOCK=BLOCK)
+    return I
+
+
+def synthesize_haze_backward(grad, J, t, A, needs_J, needs_t, needs_A):
+    J, t, grad = J.contiguous(), t.contiguous(), grad.contiguous()
+    B, C, H, W = J.shape
+    gJ, gt, gA = _grad_buffers(J, needs_J), _grad_buffers(t, needs_t), _grad_param(A, B, C, needs_A)
+    if J.numel() == 0 or not (needs_J or needs_t or needs_A):
+        if needs_t:
+            gt.zero_()
+        return gJ, gt, gA
+    BLOCK = block_size(H * W)
+    _synthesize_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
+        grad, J, t, A.contiguous(), gJ if needs_J else J, gt if needs_t else t, gA if needs_A else A, C, H * W,
+        MAP_PER_CHANNEL=t.shape[1] != 1, NEEDS_J=needs_J, NEEDS_T=needs_t, NEEDS_A=needs_A, BLOCK=BLOCK)
+    return gJ, gt, gA
+
+
+def transmission_from_depth(depth, beta):
+    """t [B,C,H,W] = exp(-beta d), C = beta.shape[1]; depth [B,1|C,H,W]."""
+    depth = depth.contiguous()
+    B, _, H, W = depth.shape
+    C = beta.shape[1]
+    t = torch.empty((B, C, H, W), dtype=depth.dtype, device=depth.device)
+    if t.numel() == 0:
+        return t
+    BLOCK = block_size(H * W)
+    _transmission_kernel[(triton.cdiv(H * W, BLOCK), B)](depth, beta.contiguous(), t, C, H * W,
+                                                         MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
+    return t
+
+
+def transmission_from_depth_backward(grad, depth, beta, needs_depth, needs_beta):
+    depth, grad = depth.contiguous(), grad.contiguous()
+    B, _, H, W = depth.shape
+    C = beta.shape[1]
+    gd, gb = _grad_buffers(depth, needs_depth), _grad_param(beta, B, C, needs_beta)
+    if grad.numel() == 0 or not (needs_depth or needs_beta):
+        if needs_depth:
+            gd.zero_()
+        return gd, gb
+    BLOCK = block_size(H * W)
+    _transmission_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
+        grad, depth, beta.contiguous(), gd if needs_depth else depth, gb if needs_beta else beta, C, H * W,
+        MAP_PER_CHANNEL=depth.shape[1] != 1, NEEDS_D=needs_depth, NEEDS_BETA=needs_beta, BLOCK=BLOCK)
+    return gd, gb
+
+
+def recompose_k(I, K, b):
+    """J [B,C,H,W] = K I - K + b (AOD-Net)."""
+    I, K = I.contiguous(), K.contiguous()
+    J = torch.empty_like(I, memory_format=torch.contiguous_format)
+    B, C, H, W = I.shape
+    if J.numel() == 0:
+        return J
+    BLOCK = block_size(H * W)
+    _recompose_k_kernel[(triton.cdiv(H * W, BLOCK), B)](I, K, b.contiguous(), J, C, H * W,
+                                                        MAP_PER_CHANNEL=K.shape[1] != 1, BLOCK=BLOCK)
+    return J
+
+
+def recompose_k_backward(grad, I, K, b, needs_I, needs_K, needs_b):
+    I, K, grad = I.contiguous(), K.contiguous(), grad.contiguous()
+    B, C, H, W = I.shape
+    gI, gK, gb = _grad_buffers(I, needs_I), _grad_buffers(K, needs_K), _grad_param(b, B, C, needs_b)
+    if I.numel() == 0 or not (needs_I or needs_K or needs_b):
+        if needs_K:
+            gK.zero_()
+        return gI, gK, gb
+    BLOCK = block_size(H * W)
+    _recompose_k_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
+        grad, I, K, b.contiguous(), gI if needs_I else I, gK if needs_K else K, gb if needs_b else b, C, H * W,
+        MAP_PER_CHANNEL=K.shape[1] != 1, NEEDS_I=needs_I, NEEDS_K=needs_K, NEEDS_B=needs_b, BLOCK=BLOCK)
+    return gI, gK, gb

@@ -149,11 +149,296 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recover_backward_cpu(
   return {gI, gt, gA};
 }
 
+// ---- synthesize_haze, transmission_from_depth, recompose_k ------------------------------------
+// Common layout: an image-shaped tensor [B,C,HW], a per-pixel map [B,Cm,HW] with Cm in {1, C}
+// (t, depth or K) and per-(image, channel) parameters [B,C] (A, beta or b). Tasks are
+// (image, block of kCpuPixelBlock pixels); each loops over the channels with a branch-free,
+// vectorisable inner loop over the block's pixels.
+
+struct Layout {
+  int64_t B, C, HW, Cm, nblk;
+};
+
+Layout make_layout(const char* op, int64_t B, int64_t C, int64_t HW, const at::Tensor& M, const at::Tensor& P) {
+  TORCH_CHECK(M.dim() == 4 && M.size(0) == B && M.size(2) * M.size(3) == HW && (M.size(1) == 1 || M.size(1) == C), "fastdehaze::",
+              op, ": the per-pixel map must be [B,1,H,W] or [B,C,H,W] matching the image");
+  TORCH_CHECK(P.numel() == B * C, "fastdehaze::", op, ": the parameter must be [B,C]");
+  return {B, C, HW, M.size(1), (HW + kCpuPixelBlock - 1) / kCpuPixelBlock};
+}
+
+Layout image_layout(const char* op, const at::Tensor& X, const at::Tensor& M, const at::Tensor& P) {
+  TORCH_CHECK(X.dim() == 4, "fastdehaze::", op, ": the image must be [B,C,H,W]");
+  TORCH_CHECK(M.scalar_type() == X.scalar_type(), "fastdehaze::", op, ": the per-pixel map must have the image's dtype");
+  TORCH_CHECK(M.dim() == 4 && M.size(2) == X.size(2) && M.size(3) == X.size(3), "fastdehaze::", op,
+              ": the per-pixel map must match the image's H, W");
+  return make_layout(op, X.size(0), X.size(1), X.size(2) * X.size(3), M, P);
+}
+
+template <typename scalar_t>
+void check_param_dtype(const char* op, const at::Tensor& P) {
+  TORCH_CHECK(P.scalar_type() == c10::CppTypeToScalarType<opmath_t<scalar_t>>::value, "fastdehaze::", op,
+              ": the [B,C] parameter has the wrong compute dtype");
+}
+
+// body(b, c, off, moff, n): off indexes the image-shaped tensors, moff the map.
+template <typename F>
+void for_each_block(const Layout& d, const F& body) {
+  at::parallel_for(0, d.B * d.nblk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / d.nblk, p0 = (task % d.nblk) * kCpuPixelBlock;
+      const int64_t n = std::min(kCpuPixelBlock, d.HW - p0);
+      for (int64_t c = 0; c < d.C; ++c)
+        body(b, c, (b * d.C + c) * d.HW + p0, (b * d.Cm + (d.Cm == 1 ? 0 : c)) * d.HW + p0, n);
+    }
+  });
+}
+
+// Backward walk: body(b, c, off, moff, n, acc) adds the map gradient of channel c into acc[0..n)
+// (summed over the channels when Cm == 1) and returns the block's partial sum of the parameter
+// gradient of (b, c). The map gradient is written to gM (if not null), the parameter gradient,
+// reduced serially over the blocks (deterministic), to gP (if not null).
+template <typename op_t, typename scalar_t, typename F>
+void for_each_block_backward(const Layout& d, scalar_t* gM, op_t* gP, const F& body) {
+  std::vector<op_t> part(gP ? d.B * d.nblk * d.C : 0, op_t(0));
+  at::parallel_for(0, d.B * d.nblk, 1, [&](int64_t begin, int64_t end) {
+    op_t acc[kCpuPixelBlock];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / d.nblk, blk = task % d.nblk, p0 = blk * kCpuPixelBlock;
+      const int64_t n = std::min(kCpuPixelBlock, d.HW - p0);
+      if (d.Cm == 1) std::fill(acc, acc + n, op_t(0));
+      for (int64_t c = 0; c < d.C; ++c) {
+        const int64_t moff = (b * d.Cm + (d.Cm == 1 ? 0 : c)) * d.HW + p0;
+        if (d.Cm != 1) std::fill(acc, acc + n, op_t(0));
+        const op_t s = body(b, c, (b * d.C + c) * d.HW + p0, moff, n, acc);
+        if (gP) part[(b * d.nblk + blk) * d.C + c] = s;
+        if (gM && d.Cm != 1)
+          for (int64_t p = 0; p < n; ++p) gM[moff + p] = static_cast<scalar_t>(acc[p]);
+      }
+      if (gM && d.Cm == 1)
+        for (int64_t p = 0; p < n; ++p) gM[b * d.HW + p0 + p] = static_cast<scalar_t>(acc[p]);
+    }
+  });
+  if (gP)
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t c = 0; c < d.C; ++c) {
+        op_t s = 0;
+        for (int64_t k = 0; k < d.nblk; ++k) s += part[(b * d.nblk + k) * d.C + c];
+        gP[b * d.C + c] = s;
+      }
+}
+
+// Gradient outputs of a backward: like the input when needed, else an empty [0] tensor.
+at::Tensor grad_like(const at::Tensor& x, bool needed) {
+  return needed ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+}
+at::Tensor grad_param(const Layout& d, const at::Tensor& P, bool needed) {
+  return needed ? at::empty({d.B, d.C}, P.options()) : at::empty({0}, P.options());
+}
+
+at::Tensor synthesize_haze_cpu(const at::Tensor& J, const at::Tensor& t, const at::Tensor& A) {
+  const Layout d = image_layout("synthesize_haze", J, t, A);
+  auto Jc = J.contiguous(), tc = t.contiguous(), Ac = A.contiguous();
+  auto out = at::empty_like(Jc, at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("synthesize_haze", A);
+    const scalar_t* Jp = Jc.const_data_ptr<scalar_t>();
+    const scalar_t* tp = tc.const_data_ptr<scalar_t>();
+    const op_t* Ap = Ac.const_data_ptr<op_t>();
+    scalar_t* Ip = out.mutable_data_ptr<scalar_t>();
+    for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
+      const op_t Av = Ap[b * d.C + c];
+      const scalar_t* __restrict__ Jr = Jp + off;
+      const scalar_t* __restrict__ tr = tp + moff;
+      scalar_t* __restrict__ Ir = Ip + off;
+      for (int64_t p = 0; p < n; ++p)
+        Ir[p] = static_cast<scalar_t>(am::synthesize(static_cast<op_t>(Jr[p]), static_cast<op_t>(tr[p]), Av));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> synthesize_haze_backward_cpu(const at::Tensor& grad, const at::Tensor& J,
+                                                                            const at::Tensor& t, const at::Tensor& A,
+                                                                            bool needs_J, bool needs_t, bool needs_A) {
+  const Layout d = image_layout("synthesize_haze_backward", J, t, A);
+  auto gc = grad.contiguous(), Jc = J.contiguous(), tc = t.contiguous(), Ac = A.contiguous();
+  auto gJ = grad_like(Jc, needs_J), gt = grad_like(tc, needs_t), gA = grad_param(d, A, needs_A);
+  if (Jc.numel() == 0 || !(needs_J || needs_t || needs_A)) {
+    if (needs_A) gA.zero_();
+    if (needs_t) gt.zero_();
+    return {gJ, gt, gA};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_backward_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("synthesize_haze_backward", A);
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* Jp = Jc.const_data_ptr<scalar_t>();
+    const scalar_t* tp = tc.const_data_ptr<scalar_t>();
+    const op_t* Ap = Ac.const_data_ptr<op_t>();
+    scalar_t* gJp = needs_J ? gJ.mutable_data_ptr<scalar_t>() : nullptr;
+    for_each_block_backward<op_t, scalar_t>(
+        d, needs_t ? gt.mutable_data_ptr<scalar_t>() : nullptr, needs_A ? gA.mutable_data_ptr<op_t>() : nullptr,
+        [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
+          const op_t Av = Ap[b * d.C + c];
+          const scalar_t* __restrict__ gr = gp + off;
+          const scalar_t* __restrict__ Jr = Jp + off;
+          const scalar_t* __restrict__ tr = tp + moff;
+          op_t sA = 0;
+          if (gJp) {
+            scalar_t* __restrict__ gJr = gJp + off;
+            for (int64_t p = 0; p < n; ++p) gJr[p] = static_cast<scalar_t>(static_cast<op_t>(gr[p]) * static_cast<op_t>(tr[p]));
+          }
+          for (int64_t p = 0; p < n; ++p) {
+            const op_t g = static_cast<op_t>(gr[p]);
+            acc[p] += g * am::synthesize_dt(static_cast<op_t>(Jr[p]), Av);
+            sA += g * am::synthesize_dA(static_cast<op_t>(tr[p]));
+          }
+          return sA;
+        });
+  });
+  return {gJ, gt, gA};
+}
+
+at::Tensor transmission_from_depth_cpu(const at::Tensor& depth, const at::Tensor& beta) {
+  TORCH_CHECK(depth.dim() == 4 && beta.dim() == 2 && beta.size(0) == depth.size(0), "fastdehaze::transmission_from_depth: "
+              "depth must be [B,1|C,H,W] and beta [B,C]");
+  const Layout d = make_layout("transmission_from_depth", depth.size(0), beta.size(1), depth.size(2) * depth.size(3), depth, beta);
+  auto dc = depth.contiguous(), bc = beta.contiguous();
+  auto out = at::empty({d.B, d.C, depth.size(2), depth.size(3)}, depth.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, depth.scalar_type(), "transmission_from_depth_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("transmission_from_depth", beta);
+    const scalar_t* dp = dc.const_data_ptr<scalar_t>();
+    const op_t* bp = bc.const_data_ptr<op_t>();
+    scalar_t* tp = out.mutable_data_ptr<scalar_t>();
+    for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
+      const op_t bv = bp[b * d.C + c];
+      const scalar_t* __restrict__ dr = dp + moff;
+      scalar_t* __restrict__ tr = tp + off;
+      for (int64_t p = 0; p < n; ++p) tr[p] = static_cast<scalar_t>(am::transmission(static_cast<op_t>(dr[p]), bv));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> transmission_from_depth_backward_cpu(const at::Tensor& grad, const at::Tensor& depth,
+                                                                        const at::Tensor& beta, bool needs_depth,
+                                                                        bool needs_beta) {
+  TORCH_CHECK(depth.dim() == 4 && beta.dim() == 2 && beta.size(0) == depth.size(0), "fastdehaze::transmission_from_depth_backward: "
+              "depth must be [B,1|C,H,W] and beta [B,C]");
+  const Layout d = make_layout("transmission_from_depth_backward", depth.size(0), beta.size(1), depth.size(2) * depth.size(3),
+                               depth, beta);
+  auto gc = grad.contiguous(), dc = depth.contiguous(), bc = beta.contiguous();
+  TORCH_CHECK(gc.numel() == d.B * d.C * d.HW, "fastdehaze::transmission_from_depth_backward: grad must be [B,C,H,W]");
+  auto gd = grad_like(dc, needs_depth), gb = grad_param(d, beta, needs_beta);
+  if (gc.numel() == 0 || !(needs_depth || needs_beta)) {
+    if (needs_beta) gb.zero_();
+    if (needs_depth) gd.zero_();
+    return {gd, gb};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, depth.scalar_type(), "transmission_from_depth_backward_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("transmission_from_depth_backward", beta);
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dc.const_data_ptr<scalar_t>();
+    const op_t* bp = bc.const_data_ptr<op_t>();
+    for_each_block_backward<op_t, scalar_t>(
+        d, needs_depth ? gd.mutable_data_ptr<scalar_t>() : nullptr, needs_beta ? gb.mutable_data_ptr<op_t>() : nullptr,
+        [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
+          const op_t bv = bp[b * d.C + c];
+          const scalar_t* __restrict__ gr = gp + off;
+          const scalar_t* __restrict__ dr = dp + moff;
+          op_t sb = 0;
+          for (int64_t p = 0; p < n; ++p) {
+            const op_t dv = static_cast<op_t>(dr[p]);
+            const op_t gt = static_cast<op_t>(gr[p]) * am::transmission(dv, bv);
+            acc[p] += gt * am::transmission_dd(op_t(1), bv);
+            sb += gt * am::transmission_dbeta(op_t(1), dv);
+          }
+          return sb;
+        });
+  });
+  return {gd, gb};
+}
+
+at::Tensor recompose_k_cpu(const at::Tensor& I, const at::Tensor& K, const at::Tensor& bias) {
+  const Layout d = image_layout("recompose_k", I, K, bias);
+  auto Ic = I.contiguous(), Kc = K.contiguous(), bc = bias.contiguous();
+  auto out = at::empty_like(Ic, at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "recompose_k_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("recompose_k", bias);
+    const scalar_t* Ip = Ic.const_data_ptr<scalar_t>();
+    const scalar_t* Kp = Kc.const_data_ptr<scalar_t>();
+    const op_t* bp = bc.const_data_ptr<op_t>();
+    scalar_t* Jp = out.mutable_data_ptr<scalar_t>();
+    for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
+      const op_t bv = bp[b * d.C + c];
+      const scalar_t* __restrict__ Ir = Ip + off;
+      const scalar_t* __restrict__ Kr = Kp + moff;
+      scalar_t* __restrict__ Jr = Jp + off;
+      for (int64_t p = 0; p < n; ++p)
+        Jr[p] = static_cast<scalar_t>(am::recompose_k(static_cast<op_t>(Ir[p]), static_cast<op_t>(Kr[p]), bv));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recompose_k_backward_cpu(const at::Tensor& grad, const at::Tensor& I,
+                                                                        const at::Tensor& K, const at::Tensor& bias,
+                                                                        bool needs_I, bool needs_K, bool needs_b) {
+  const Layout d = image_layout("recompose_k_backward", I, K, bias);
+  auto gc = grad.contiguous(), Ic = I.contiguous(), Kc = K.contiguous();
+  auto gI = grad_like(Ic, needs_I), gK = grad_like(Kc, needs_K), gb = grad_param(d, bias, needs_b);
+  if (Ic.numel() == 0 || !(needs_I || needs_K || needs_b)) {
+    if (needs_b) gb.zero_();
+    if (needs_K) gK.zero_();
+    return {gI, gK, gb};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "recompose_k_backward_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("recompose_k_backward", bias);
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* Ip = Ic.const_data_ptr<scalar_t>();
+    const scalar_t* Kp = Kc.const_data_ptr<scalar_t>();
+    scalar_t* gIp = needs_I ? gI.mutable_data_ptr<scalar_t>() : nullptr;
+    for_each_block_backward<op_t, scalar_t>(
+        d, needs_K ? gK.mutable_data_ptr<scalar_t>() : nullptr, needs_b ? gb.mutable_data_ptr<op_t>() : nullptr,
+        [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
+          const scalar_t* __restrict__ gr = gp + off;
+          const scalar_t* __restrict__ Ir = Ip + off;
+          const scalar_t* __restrict__ Kr = Kp + moff;
+          op_t sb = 0;
+          if (gIp) {
+            scalar_t* __restrict__ gIr = gIp + off;
+            for (int64_t p = 0; p < n; ++p) gIr[p] = static_cast<scalar_t>(static_cast<op_t>(gr[p]) * static_cast<op_t>(Kr[p]));
+          }
+          for (int64_t p = 0; p < n; ++p) {
+            const op_t g = static_cast<op_t>(gr[p]);
+            acc[p] += g * am::recompose_k_dK(static_cast<op_t>(Ir[p]));
+            sb += g;
+          }
+          return sb;
+        });
+  });
+  return {gI, gK, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
   m.impl("recover", &recover_cpu);
   m.impl("recover_backward", &recover_backward_cpu);
+  m.impl("synthesize_haze", &synthesize_haze_cpu);
+  m.impl("synthesize_haze_backward", &synthesize_haze_backward_cpu);
+  m.impl("transmission_from_depth", &transmission_from_depth_cpu);
+  m.impl("transmission_from_depth_backward", &transmission_from_depth_backward_cpu);
+  m.impl("recompose_k", &recompose_k_cpu);
+  m.impl("recompose_k_backward", &recompose_k_backward_cpu);
 }
 
 }  // namespace fastdehaze

@@ -16,4 +16,33 @@ void recover_backward_cuda_launch(const T* grad, const T* I, const T* t, const o
                                   T* gt, opmath<T>* gA, int64_t B, int64_t C, int64_t HW, int64_t Ct, double lo,
                                   double hi, bool clamp, cudaStream_t stream);
 
+// Synthesis I = (J - A) t + A; t has Ct = 1 or C channels.
+template <typename T>
+void synthesize_haze_cuda_launch(const T* J, const T* t, const opmath<T>* A, T* I, int64_t B, int64_t C, int64_t HW,
+                                 int64_t Ct, cudaStream_t stream);
+// gA zero-filled when not null; gJ/gt may be null.
+template <typename T>
+void synthesize_haze_backward_cuda_launch(const T* grad, const T* J, const T* t, const opmath<T>* A, T* gJ, T* gt,
+                                          opmath<T>* gA, int64_t B, int64_t C, int64_t HW, int64_t Ct,
+                                          cudaStream_t stream);
+
+// t [B,C,HW] = exp(-beta d); depth has Cd = 1 or C channels; beta [B,C].
+template <typename T>
+void transmission_from_depth_cuda_launch(const T* depth, const opmath<T>* beta, T* t, int64_t B, int64_t C, int64_t HW,
+                                         int64_t Cd, cudaStream_t stream);
+// gbeta zero-filled when not null; gd may be null.
+template <typename T>
+void transmission_from_depth_backward_cuda_launch(const T* grad, const T* depth, const opmath<T>* beta, T* gd,
+                                                  opmath<T>* gbeta, int64_t B, int64_t C, int64_t HW, int64_t Cd,
+                                                  cudaStream_t stream);
+
+// J = K I - K + b; K has Ck = 1 or C channels; b [B,C].
+template <typename T>
+void recompose_k_cuda_launch(const T* I, const T* K, const opmath<T>* bias, T* J, int64_t B, int64_t C, int64_t HW,
+                             int64_t Ck, cudaStream_t stream);
+// gb zero-filled when not null; gI/gK may be null.
+template <typename T>
+void recompose_k_backward_cuda_launch(const T* grad, const T* I, const T* K, T* gI, T* gK, opmath<T>* gb, int64_t B,
+                                      int64_t C, int64_t HW, int64_t Ck, cudaStream_t stream);
+
 }  // namespace fastdehaze

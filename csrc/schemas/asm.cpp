@@ -13,6 +13,22 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // -> (grad_I [B,C,H,W], grad_t like t, grad_A [B,C] compute dtype); a gradient whose
   // needs_* flag is false comes back as an empty [0] tensor.
   m.def("recover_backward(Tensor grad, Tensor I, Tensor t, Tensor A, Tensor t0, float lo, float hi, bool clamp, bool needs_I, bool needs_t, bool needs_A) -> (Tensor, Tensor, Tensor)");
+
+  // Synthesis I = (J - A) t + A. J [B,C,H,W]; t [B,1|C,H,W] (J's dtype); A [B,C] compute dtype.
+  m.def("synthesize_haze(Tensor J, Tensor t, Tensor A) -> Tensor");
+  // -> (grad_J like J, grad_t like t, grad_A [B,C] compute dtype); empty [0] where not needed.
+  m.def("synthesize_haze_backward(Tensor grad, Tensor J, Tensor t, Tensor A, bool needs_J, bool needs_t, bool needs_A) -> (Tensor, Tensor, Tensor)");
+
+  // t = exp(-beta d). depth [B,1|C,H,W]; beta [B,C] compute dtype; -> t [B,C,H,W] in depth's dtype
+  // (C = beta's channel count: a one-channel depth with per-channel beta gives per-channel t).
+  m.def("transmission_from_depth(Tensor depth, Tensor beta) -> Tensor");
+  // -> (grad_depth like depth, grad_beta [B,C] compute dtype); empty [0] where not needed.
+  m.def("transmission_from_depth_backward(Tensor grad, Tensor depth, Tensor beta, bool needs_depth, bool needs_beta) -> (Tensor, Tensor)");
+
+  // AOD-Net recomposition J = K I - K + b. I [B,C,H,W]; K [B,1|C,H,W] (I's dtype); b [B,C] compute dtype.
+  m.def("recompose_k(Tensor I, Tensor K, Tensor b) -> Tensor");
+  // -> (grad_I like I, grad_K like K, grad_b [B,C] compute dtype); empty [0] where not needed.
+  m.def("recompose_k_backward(Tensor grad, Tensor I, Tensor K, Tensor b, bool needs_I, bool needs_K, bool needs_b) -> (Tensor, Tensor, Tensor)");
 }
 
 FD_PYTHON_MODULE(_C_asm)

@@ -20,7 +20,7 @@ from ..reference import asm as _ref_asm
 from . import _checks
 from ._dispatch import FusedOp, as_bc, compute_dtype, resolve_backend
 
-__all__ = ["recover", "RESIDE_PRESETS"]
+__all__ = ["synthesize_haze", "transmission_from_depth", "recover", "recompose_k", "RESIDE_PRESETS"]
 
 FAMILY = "asm"
 
@@ -111,6 +111,250 @@ def recover(I, t, A, t0=0.1, clamp=None, *, backend="auto"):
     A_bc = as_bc(A, "A", B, C, cdt, I.device)
     t0_bc = as_bc(t0, "t0", B, C, cdt, I.device).detach()
     return _recover(b, I, t.to(I.dtype), A_bc, t0_bc, lo, hi, clamp is not None)
+
+
+# ---- synthesize_haze --------------------------------------------------------------------------
+
+def _synthesize_fake(J, t, A):
+    return J.new_empty(J.shape)
+
+
+def _synthesize_backward_fake(grad, J, t, A, needs_J, needs_t, needs_A):
+    return (J.new_empty(J.shape if needs_J else (0,)), t.new_empty(t.shape if needs_t else (0,)),
+            A.new_empty(A.shape if needs_A else (0,)))
+
+
+def _three_input_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _three_input_backward(ctx, backward_op, grad):
+    x, m, p = ctx.saved_tensors
+    nx, nm, np_ = ctx.needs_input_grad[:3]
+    gx, gm, gp = backward_op(grad, x, m, p, nx, nm, np_)
+    return gx if nx else None, gm if nm else None, gp if np_ else None
+
+
+_synthesize = FusedOp(
+    "synthesize_haze", FAMILY,
+    "(Tensor J, Tensor t, Tensor A) -> Tensor",
+    fake=_synthesize_fake,
+    triton_impl=lambda *a: _triton().synthesize_haze(*a),
+    backward_schema="(Tensor grad, Tensor J, Tensor t, Tensor A, bool needs_J, bool needs_t, bool needs_A) "
+                    "-> (Tensor, Tensor, Tensor)",
+    backward_fake=_synthesize_backward_fake,
+    triton_backward_impl=lambda *a: _triton().synthesize_haze_backward(*a),
+    setup_context=_three_input_setup, backward=_three_input_backward)
+
+
+# ---- transmission_from_depth ------------------------------------------------------------------
+
+def _transmission_fake(depth, beta):
+    return depth.new_empty((depth.shape[0], beta.shape[1], depth.shape[2], depth.shape[3]))
+
+
+def _transmission_backward_fake(grad, depth, beta, needs_depth, needs_beta):
+    return depth.new_empty(depth.shape if needs_depth else (0,)), beta.new_empty(beta.shape if needs_beta else (0,))
+
+
+def _transmission_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _transmission_backward(ctx, backward_op, grad):
+    depth, beta = ctx.saved_tensors
+    nd, nb = ctx.needs_input_grad[:2]
+    gd, gb = backward_op(grad, depth, beta, nd, nb)
+    return gd if nd else None, gb if nb else None
+
+
+_transmission = FusedOp(
+    "transmission_from_depth", FAMILY,
+    "(Tensor depth, Tensor beta) -> Tensor",
+    fake=_transmission_fake,
+    triton_impl=lambda *a: _triton().transmission_from_depth(*a),
+    backward_schema="(Tensor grad, Tensor depth, Tensor beta, bool needs_depth, bool needs_beta) -> (Tensor, Tensor)",
+    backward_fake=_transmission_backward_fake,
+    triton_backward_impl=lambda *a: _triton().transmission_from_depth_backward(*a),
+    setup_context=_transmission_setup, backward=_transmission_backward)
+
+
+# ---- recompose_k ------------------------------------------------------------------------------
+
+_recompose = FusedOp(
+    "recompose_k", FAMILY,
+    "(Tensor I, Tensor K, Tensor b) -> Tensor",
+    fake=_synthesize_fake,
+    triton_impl=lambda *a: _triton().recompose_k(*a),
+    backward_schema="(Tensor grad, Tensor I, Tensor K, Tensor b, bool needs_I, bool needs_K, bool needs_b) "
+                    "-> (Tensor, Tensor, Tensor)",
+    backward_fake=_synthesize_backward_fake,
+    triton_backward_impl=lambda *a: _triton().recompose_k_backward(*a),
+    setup_context=_three_input_setup, backward=_three_input_backward)
+
+
+def _param_channels(value, name: str, C_map: int) -> int:
+    """Channels of the transmission made from a C_map-channel depth and the parameter ``value``:
+    C_map unless ``value`` is a per-channel [B,C,1,1] / [1,C,1,1] tensor with C > 1."""
+    if isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[1] != 1:
+        if C_map not in (1, value.shape[1]):
+            raise ValueError(f"{name} has {value.shape[1]} channels but depth has {C_map}: "
+                             f"use a one-channel depth or a {C_map}-channel {name}")
+        return value.shape[1]
+    return C_map
+
+
+def _check_beta(beta):
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, torch.Tensor)):
+        raise TypeError(f"beta must be a float or a tensor, got {type(beta).__name__}")
+    _checks.nonnegative(beta, "beta")
+
+
+def _transmission_args(depth, beta, B: int):
+    """(beta as [B, C] compute dtype, C) for a depth [B,1|C,H,W] (checked by the caller)."""
+    _check_beta(beta)
+    C = _param_channels(beta, "beta", depth.shape[1])
+    return as_bc(beta, "beta", B, C, compute_dtype(depth.dtype), depth.device), C
+
+
+def transmission_from_depth(depth, beta, *, backend="auto"):
+    """Transmission of a homogeneous haze from scene depth (Koschmieder / Beer-Lambert).
+
+        t = exp(-beta d)
+
+    As used for haze synthesis by RESIDE (Li et al., "Benchmarking Single Image Dehazing and
+    Beyond", TIP 2019) and in DCP (He et al., CVPR 2009, eq. 2).
+
+    Args:
+        depth: scene depth d [B,1,H,W] or [B,C,H,W], float16/bfloat16/float32/float64, >= 0, in
+            the units beta is per (e.g. metres with beta in 1/m; RESIDE uses depths normalised
+            per image). Depth, not disparity: a disparity (inverse depth) map would make near
+            objects the haziest.
+        beta: scattering coefficient >= 0: a float, a 0-d tensor, [B,1,1,1], [B,C,1,1] or
+            [1,C,1,1] (per-channel beta with a one-channel depth gives a C-channel t). RESIDE
+            presets: ``RESIDE_PRESETS``.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        t [B,C',H,W] in depth's dtype, values in [0, 1] (exp underflows to 0 for a large beta d);
+        C' = beta's channel count if beta is per-channel, else depth's. Gradients flow to depth
+        (-beta t) and beta (-d t, summed over the pixels a beta value covers).
+
+    Raises:
+        TypeError: depth not a floating tensor; beta not a float or floating tensor.
+        ValueError: depth not 4-d; a bad beta shape; negative depth or beta (a value check:
+            always for a Python float and CPU tensors, on CUDA tensors only with
+            ``set_value_checks(True)``, since it costs a device-to-host sync).
+        RuntimeError: the requested backend is unavailable for depth's device.
+    """
+    _checks.image(depth, "depth")
+    _checks.nonnegative(depth, "depth")
+    if isinstance(beta, torch.Tensor):
+        _checks.same_device("beta", beta, "depth", depth)
+    b = resolve_backend(backend, FAMILY, depth.device)
+    if b == "reference":
+        _check_beta(beta)
+        if isinstance(beta, torch.Tensor):
+            as_bc(beta, "beta", depth.shape[0], _param_channels(beta, "beta", depth.shape[1]), beta.dtype, beta.device)
+        return _ref_asm.transmission_from_depth(depth, beta)
+    beta_bc, _ = _transmission_args(depth, beta, depth.shape[0])
+    return _transmission(b, depth, beta_bc)
+
+
+def synthesize_haze(J, A, *, t=None, depth=None, beta=None, backend="auto"):
+    """Synthesise a hazy image from a clear one with the atmospheric scattering model.
+
+        I = J t + A (1 - t),    t = exp(-beta d) when depth and beta are given
+
+    Koschmieder's model as used for the RESIDE haze synthesis (Li et al., TIP 2019) and in DCP
+    (He et al., CVPR 2009, eq. 1). Give exactly one of ``t`` or ``depth`` with ``beta``; with
+    depth, t is computed by :func:`transmission_from_depth` (one fused pass) and then fed to the
+    fused synthesis (a second pass).
+
+    Args:
+        J: clear image [B,C,H,W], float16/bfloat16/float32/float64, values in [0, 1].
+        A: atmospheric light: a float, a 0-d tensor, [B,1,1,1], [B,C,1,1] or [1,C,1,1]
+            (RESIDE: indoor 0.7-1.0, outdoor 0.8-1.0; see ``RESIDE_PRESETS``).
+        t: transmission [B,1,H,W] or [B,C,H,W] in [0, 1] (not checked), cast to J's dtype.
+        depth: scene depth [B,1,H,W] or [B,C,H,W], >= 0. Depth, not disparity: a disparity
+            (inverse depth) map would make near objects hazier, the opposite of real haze.
+        beta: scattering coefficient >= 0, same forms as A (RESIDE: indoor 0.6-1.8, outdoor
+            0.04-0.2, for depth normalised per image).
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        I [B,C,H,W] in J's dtype. Gradients flow to J (t), t (J - A), A (1 - t), and through
+        t = exp(-beta d) to depth and beta.
+
+    Raises:
+        TypeError: a non-tensor or non-floating J/t/depth, a non-float/tensor A or beta.
+        ValueError: wrong ndim; t/depth not [B,1|C,H,W] matching J; bad A/beta shapes; both or
+            neither of t and (depth, beta); negative depth or beta (value check: always for
+            Python floats and CPU tensors, on CUDA only with ``set_value_checks(True)``).
+        RuntimeError: the requested backend is unavailable for J's device.
+    """
+    _checks.image(J, "J")
+    if t is not None:
+        if depth is not None or beta is not None:
+            raise ValueError("synthesize_haze: give either t or depth and beta, not both")
+        _checks.map_like(t, "t", J, "J")
+    else:
+        if depth is None or beta is None:
+            raise ValueError("synthesize_haze: give t, or both depth and beta (got "
+                             f"depth={'a tensor' if depth is not None else None}, "
+                             f"beta={'given' if beta is not None else None})")
+        _checks.map_like(depth, "depth", J, "J")
+        _checks.nonnegative(depth, "depth")
+        _check_beta(beta)
+    b = resolve_backend(backend, FAMILY, J.device)
+    B, C = J.shape[:2]
+    cdt = compute_dtype(J.dtype)
+    if b == "reference":
+        as_bc(A, "A", B, C, cdt, J.device)  # shape/type checks only
+        if beta is not None:
+            as_bc(beta, "beta", B, C, cdt, J.device)
+        return _ref_asm.synthesize_haze(J, A, t=t, depth=depth, beta=beta)
+    A_bc = as_bc(A, "A", B, C, cdt, J.device)
+    if t is None:
+        as_bc(beta, "beta", B, C, cdt, J.device)  # beta must also fit J's channels
+        d = depth.to(J.dtype)
+        beta_bc, _ = _transmission_args(d, beta, B)
+        t = _transmission(b, d, beta_bc)
+    return _synthesize(b, J, t.to(J.dtype), A_bc)
+
+
+def recompose_k(I, K, b=1.0, *, backend="auto"):
+    """AOD-Net's recomposition of the clear image from the unified variable K.
+
+        J = K I - K + b
+
+    From Li et al., "AOD-Net: All-in-One Dehazing Network" (ICCV 2017, eq. 4), where
+    K = ((I - A)/t + (A - b)) / (I - 1) folds t and A into one map predicted by the network (the
+    closed form is singular where I = 1, e.g. a saturated sky, so K is predicted, not computed).
+
+    Args:
+        I: hazy image [B,C,H,W], float16/bfloat16/float32/float64, values in [0, 1].
+        K: [B,1,H,W] or [B,C,H,W] (unbounded), cast to I's dtype.
+        b: constant bias (AOD-Net: 1), a float, a 0-d tensor, [B,1,1,1], [B,C,1,1] or [1,C,1,1].
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        J [B,C,H,W] in I's dtype (not clamped; AOD-Net applies a ReLU after). Gradients flow to
+        I (K), K (I - 1) and b (1, summed over the pixels a b value covers).
+
+    Raises:
+        TypeError: a non-tensor or non-floating I/K, a non-float/tensor b.
+        ValueError: wrong ndim, K not [B,1|C,H,W] matching I, a bad b shape.
+        RuntimeError: the requested backend is unavailable for I's device.
+    """
+    _checks.image(I, "I")
+    _checks.map_like(K, "K", I, "I")
+    be = resolve_backend(backend, FAMILY, I.device)
+    B, C = I.shape[:2]
+    b_bc = as_bc(b, "b", B, C, compute_dtype(I.dtype), I.device)
+    if be == "reference":
+        return _ref_asm.recompose_k(I, K, b)
+    return _recompose(be, I, K.to(I.dtype), b_bc)
 
 
 def _clamp_range(clamp):

@@ -29,6 +29,12 @@ FD_HD bool clamp_out_pass(T x, T lo, T hi) { return x >= lo && x <= hi; }
 template <typename T>
 FD_HD T synthesize(T J, T t, T A) { return (J - A) * t + A; }
 
+// Partial derivatives of the synthesis: dI/dJ = t, dI/dt = J - A, dI/dA = 1 - t.
+template <typename T>
+FD_HD T synthesize_dt(T J, T A) { return J - A; }
+template <typename T>
+FD_HD T synthesize_dA(T t) { return T(1) - t; }
+
 // Transmission from depth, t = exp(-beta d).
 template <typename T>
 FD_HD T transmission(T depth, T beta);
@@ -37,9 +43,18 @@ FD_HD float transmission<float>(float depth, float beta) { return expf(-beta * d
 template <>
 FD_HD double transmission<double>(double depth, double beta) { return exp(-beta * depth); }
 
-// AOD-Net recomposition J = K I - K + b.
+// Given t = exp(-beta d): dt/dd = -beta t, dt/dbeta = -d t.
+template <typename T>
+FD_HD T transmission_dd(T t, T beta) { return -beta * t; }
+template <typename T>
+FD_HD T transmission_dbeta(T t, T depth) { return -depth * t; }
+
+// AOD-Net recomposition J = K I - K + b (Li et al., ICCV 2017, eq. 4);
+// dJ/dI = K, dJ/dK = I - 1, dJ/db = 1.
 template <typename T>
 FD_HD T recompose_k(T I, T K, T b) { return K * I - K + b; }
+template <typename T>
+FD_HD T recompose_k_dK(T I) { return I - T(1); }
 
 }  // namespace asm_math
 }  // namespace fastdehaze
