@@ -203,8 +203,9 @@ def read_image(path) -> LoadedImage:
     pixels, alpha, bits = _split(a, path)
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageReadError(f"{path}: empty image {pixels.shape[1]}x{pixels.shape[0]}")
-    return LoadedImage(np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha),
-                       bits, icc)
+    pixels = np.require(pixels, requirements=["C", "W"])  # writable: torch.from_numpy shares it
+    alpha = None if alpha is None else np.require(alpha, requirements=["C", "W"])
+    return LoadedImage(pixels, alpha, bits, icc)
 
 
 def _pil_to_array(im, path: str) -> np.ndarray:
