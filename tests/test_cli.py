@@ -1,0 +1,229 @@
+"""The ``fastdehaze`` command end to end on tiny generated images (and on the shared SOTS pairs).
+
+Set FASTDEHAZE_CLI_TEST_BACKEND (e.g. "reference") to run these with another backend than the
+default "auto".
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastdehaze import cli, ops
+from fastdehaze import io as fio
+
+BACKEND = os.environ.get("FASTDEHAZE_CLI_TEST_BACKEND", "auto")
+FAST = ["--patch", "5", "--radius", "4", "--top", "0.01", "--quiet", "--backend", BACKEND]
+KW = dict(patch=5, r=4, top=0.01)
+
+
+def _hazy_u8(H=24, W=31, seed=0, channels=3):
+    rng = np.random.default_rng(seed)
+    J = rng.random((H, W, channels))
+    t = np.linspace(0.3, 0.9, W)[None, :, None]
+    return np.round((J * t + 0.85 * (1 - t)) * 255).astype(np.uint8)
+
+
+def _save(path, a, **kw):
+    Image.fromarray(a if a.shape[-1] not in (1,) else a[:, :, 0]).save(path, **kw)
+    return path
+
+
+def _run(*args):
+    return cli.main(["dehaze", *map(str, args), *FAST])
+
+
+def _expected_u8(a):
+    """What the CLI must write for an 8-bit RGB array: the op on the float image, quantised."""
+    x = torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).double() / 255
+    return fio.quantize(ops.dehaze_dcp(x, **KW, backend="reference"), 8)[0].permute(1, 2, 0).numpy()
+
+
+def _read(p):
+    return fio.read_image(p)
+
+
+def test_file_folder_and_glob(tmp_path):
+    d1, d2, out = tmp_path / "d1", tmp_path / "d2", tmp_path / "out"
+    d1.mkdir(), d2.mkdir()
+    a = _hazy_u8(seed=1)
+    _save(d1 / "a.png", a)
+    _save(d1 / "b.jpg", _hazy_u8(seed=2), quality=95)
+    (d1 / "notes.txt").write_text("not an image")
+    _save(d2 / "c.png", _hazy_u8(seed=3))
+    _save(d2 / "e.png", _hazy_u8(seed=4))
+    single = _save(tmp_path / "f.png", _hazy_u8(seed=5))
+    assert _run(single, d1, str(d2) + "/c*.png", "-o", out) == 0
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "f.png"]
+    got = _read(out / "a.png")
+    assert got.bits == 8 and got.pixels.shape == a.shape
+    assert np.abs(got.pixels.astype(int) - _expected_u8(a).astype(int)).max() <= 1
+
+
+def test_name_clash_and_never_over_an_input(tmp_path):
+    _save(tmp_path / "a.png", _hazy_u8(seed=1))
+    _save(tmp_path / "a.jpg", _hazy_u8(seed=2), quality=95)
+    before = (tmp_path / "a.png").read_bytes()
+    # output folder = input folder: a.png is an input, so the outputs are a_1.png and a_2.png
+    assert _run(tmp_path / "a.jpg", tmp_path / "a.png", "-o", tmp_path, "--overwrite") == 0
+    assert (tmp_path / "a.png").read_bytes() == before
+    assert (tmp_path / "a_1.png").exists() and (tmp_path / "a_2.png").exists()
+    out = tmp_path / "out"
+    assert _run(tmp_path / "a.jpg", tmp_path / "a.png", "-o", out) == 0
+    assert sorted(os.listdir(out)) == ["a.png", "a_1.png"]
+    # input order decides: a.jpg came first
+    assert _read(out / "a.png").pixels.shape == _read(out / "a_1.png").pixels.shape
+    assert cli.plan_outputs(["x/a.jpg", "y/a.png", "z/a_1.png"], "o") == [
+        (os.path.join("o", "a.png"), None), (os.path.join("o", "a_1.png"), None), (os.path.join("o", "a_1_1.png"), None)]
+
+
+def test_corrupt_file_reported_others_written(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _save(src / "good.png", _hazy_u8())
+    (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (src / "empty.jpg").write_bytes(b"")
+    rc = _run(src, tmp_path / "missing.png", str(tmp_path / "none*.png"), "-o", out)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "bad.png" in err and "empty.jpg" in err and "missing.png" in err and "none*.png" in err
+    assert os.listdir(out) == ["good.png"]           # and no temporary files left behind
+
+
+def test_no_overwrite_without_flag(tmp_path, capsys):
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"keep me")
+    assert _run(p, "-o", out) == 1
+    assert "exists" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == b"keep me"
+    assert _run(p, "-o", out, "--overwrite") == 0
+    assert _read(out / "a.png").pixels.shape == (24, 31, 3)
+    assert sorted(os.listdir(out)) == ["a.png"]
+
+
+def test_write_atomic_no_clobber(tmp_path):
+    p = tmp_path / "x.png"
+    p.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="exists"):
+        cli.write_atomic(str(p), np.zeros((2, 2, 3), np.uint8))
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.png"]
+    cli.write_atomic(str(p), np.zeros((2, 2, 3), np.uint8), overwrite=True)
+    assert _read(p).pixels.shape == (2, 2, 3)
+
+
+def test_16bit_in_16bit_out(tmp_path):
+    a8 = _hazy_u8(seed=6)
+    a16 = a8.astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 200, a8.shape).astype(np.uint16)
+    fio.write_png(tmp_path / "deep.png", a16)
+    assert _run(tmp_path / "deep.png", "-o", tmp_path / "out") == 0
+    got = _read(tmp_path / "out" / "deep.png")
+    assert got.bits == 16 and got.pixels.dtype == np.uint16
+    x = torch.from_numpy(a16.astype(np.float64) / 65535).permute(2, 0, 1).unsqueeze(0)
+    want = fio.quantize(ops.dehaze_dcp(x, **KW, backend="reference"), 16)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got.pixels.astype(int) - want.astype(int)).max() <= 3   # float32 vs float64 at 16 bits
+    assert len(np.unique(got.pixels % 257)) > 1                           # not 8-bit data scaled up
+
+
+def test_rgba_alpha_kept(tmp_path):
+    a = _hazy_u8(seed=7)
+    alpha = np.random.default_rng(1).integers(0, 256, a.shape[:2]).astype(np.uint8)
+    Image.fromarray(np.dstack([a, alpha])).save(tmp_path / "rgba.png")
+    assert _run(tmp_path / "rgba.png", "-o", tmp_path / "out") == 0
+    with Image.open(tmp_path / "out" / "rgba.png") as im:
+        assert im.mode == "RGBA"
+        got = np.asarray(im)
+    np.testing.assert_array_equal(got[:, :, 3], alpha)
+    # the prior never saw alpha: the colour equals the dehazed RGB image alone
+    assert np.abs(got[:, :, :3].astype(int) - _expected_u8(a).astype(int)).max() <= 1
+
+
+def test_grayscale_written_back_grey(tmp_path):
+    g = _hazy_u8(seed=8)[:, :, :1]
+    _save(tmp_path / "g.png", g)
+    assert _run(tmp_path / "g.png", "-o", tmp_path / "out", "--save-transmission") == 0
+    with Image.open(tmp_path / "out" / "g.png") as im:
+        assert im.mode == "L"
+        got = np.asarray(im)
+    want = _expected_u8(np.repeat(g, 3, axis=2))
+    assert np.abs(got.astype(int) - want[:, :, 0].astype(int)).max() <= 1
+    with Image.open(tmp_path / "out" / "g_t.png") as im:
+        assert im.mode == "L" and im.size == (31, 24)
+
+
+def test_exif_orientation_honoured(tmp_path):
+    a = _hazy_u8(H=20, W=33, seed=9)
+    exif = Image.Exif()
+    exif[0x0112] = 6   # rotate 90 degrees clockwise to display
+    Image.fromarray(a).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    assert _run(tmp_path / "rot.jpg", "-o", tmp_path / "out") == 0
+    got = _read(tmp_path / "out" / "rot.png").pixels
+    assert got.shape == (33, 20, 3)
+    upright = _read(tmp_path / "rot.jpg").pixels
+    assert np.abs(got.astype(int) - _expected_u8(upright).astype(int)).max() <= 1
+    with Image.open(tmp_path / "out" / "rot.png") as im:
+        assert im.getexif().get(0x0112) is None
+
+
+def test_tiled_equals_untiled_through_cli(tmp_path):
+    a = _hazy_u8(H=45, W=52, seed=10)
+    _save(tmp_path / "big.png", a)
+    assert _run(tmp_path / "big.png", "-o", tmp_path / "t", "--tile", "16", "--save-transmission") == 0
+    assert _run(tmp_path / "big.png", "-o", tmp_path / "u", "--tile", "0", "--save-transmission") == 0
+    for name in ("big.png", "big_t.png"):
+        tiled, whole = _read(tmp_path / "t" / name).pixels, _read(tmp_path / "u" / name).pixels
+        assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1   # equal up to a rounding flip
+
+
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--patch"):
+        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--patch", "4"])
+    with pytest.raises(SystemExit, match="--radius"):
+        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--radius", "-2"])
+    with pytest.raises(SystemExit, match="--tile"):
+        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--tile", "-1"])
+    with pytest.raises(SystemExit):   # argparse: missing -o
+        cli.main(["dehaze", "x.png"])
+    assert "-o/--output" in capsys.readouterr().err
+
+
+def test_info_and_python_m(capsys):
+    assert cli.main(["info"]) == 0
+    assert "torch" in capsys.readouterr().out
+    r = subprocess.run([sys.executable, "-m", "fastdehaze", "dehaze", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "as stored" in r.stdout and "a_1.png" in r.stdout
+
+
+def test_demo_quick(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    backends = "reference" if BACKEND == "reference" else None
+    args = ["demo", "--quick", "-o", str(tmp_path), "--patch", "5", "--radius", "8"]
+    rc = cli.main(args + (["--backends", backends] if backends else []))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "hazy input" in out and "PSNR" in out and "SSIM" in out and " ms " in out
+    with Image.open(tmp_path / "demo_astronaut.png") as im:
+        assert im.size == (96 * 3, 96)
+    # dehazing helps on this synthetic haze
+    lines = [ln for ln in out.splitlines() if " dB " in ln]
+    psnr = [float(ln.split("PSNR")[1].split("dB")[0]) for ln in lines]
+    assert all(p > psnr[0] + 1 for p in psnr[1:])
+
+
+def test_dcp_beats_hazy_on_sots_indoor(data_dir):
+    from skimage.metrics import peak_signal_noise_ratio
+    hazy_dir = data_dir / "pairs" / "sots_indoor" / "hazy"
+    names = sorted(os.listdir(hazy_dir))[:6]
+    model_backend = BACKEND
+    gains = []
+    for n in names:
+        I = fio.read_image(hazy_dir / n).pixels
+        gt = fio.read_image(data_dir / "pairs" / "sots_indoor" / "gt" / n).pixels.astype(np.float64) / 255
+        J, _ = cli.dehaze_image(fio.read_image(hazy_dir / n), backend=model_backend)
+        gains.append(peak_signal_noise_ratio(gt, J.astype(np.float64) / 255, data_range=1)
+                     - peak_signal_noise_ratio(gt, I.astype(np.float64) / 255, data_range=1))
+    assert np.mean(gains) > 3.0, gains
