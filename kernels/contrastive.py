@@ -37,8 +37,8 @@ def _sum_kernel(a_ptr, p_ptr, n_ptr, w_ptr, sums_ptr, N, n_stride, K, q0,
 
 @triton.jit
 def _sign(x):
-    s = tl.where(x > 0, 1.0, 0.0) - tl.where(x < 0, 1.0, 0.0)
-    return tl.where(x == x, s.to(x.dtype), x)
+    # sign(0) = sign(NaN) = 0, as torch.sign (the gradient of abs)
+    return (tl.where(x > 0, 1.0, 0.0) - tl.where(x < 0, 1.0, 0.0)).to(x.dtype)
 
 
 @triton.jit
