@@ -1,0 +1,74 @@
+// Per-element math of the dark channel prior ops (SPEC section 2), shared by csrc/cpu/dcp.cpp and
+// csrc/cuda/dcp.cu. T is the compute type (float for float/half/bfloat16, double for double).
+//
+// Running window min/max (van Herk / Gil-Werman) on a line of n values, window [x-r, x+r]
+// clipped to [0, n-1]: the line is cut into blocks of w = 2r+1 aligned at 0; g[p] is the
+// extremum of [block start, p], h[p] that of [p, block end]. A window [lo, hi] spans at most
+// two blocks: ext(h[lo], g[hi]) when it spans two; g[hi] when lo is a block start; h[lo]
+// otherwise (then hi is the end of the line's last block). 3 comparisons per element whatever r.
+// Ties keep the lower position (g updates on strictly better, h on better-or-equal, h wins the
+// combination), which with rows first, columns second and the lowest channel within a pixel
+// gives SPEC's rule: the extremum met first scanning the window row-major.
+#pragma once
+#include <cstdint>
+
+#include "fastdehaze/common.h"
+
+namespace fastdehaze {
+namespace dcp_math {
+
+// Lower bound of A in transmission's I / A (the A = 0 guard; see fastdehaze.reference.dcp.A_MIN).
+constexpr double kAMin = 1e-6;
+
+// a strictly better than b: smaller (larger for max); NaN beats every number; NaN vs NaN ties.
+template <bool IS_MAX, typename T>
+FD_HD bool better(T a, T b) {
+  return (IS_MAX ? (a > b) : (a < b)) || (a != a && b == b);
+}
+
+// NaN-propagating extremum.
+template <bool IS_MAX, typename T>
+FD_HD T ext(T a, T b) {
+  return IS_MAX ? nan_max(a, b) : nan_min(a, b);
+}
+
+// 1 / max(A, kAMin) (NaN A stays NaN).
+template <typename T>
+FD_HD T safe_inv_A(T A) {
+  return T(1) / ((A < T(kAMin)) ? T(kAMin) : A);
+}
+
+// BT.601 luma weights.
+template <typename T> FD_HD T luma_r() { return T(0.299); }
+template <typename T> FD_HD T luma_g() { return T(0.587); }
+template <typename T> FD_HD T luma_b() { return T(0.114); }
+
+// Clipped window [lo, hi] of x with radius r on a line of n.
+FD_HD int64_t win_lo(int64_t x, int64_t r) { return x - r < 0 ? 0 : x - r; }
+FD_HD int64_t win_hi(int64_t x, int64_t r, int64_t n) { return x + r > n - 1 ? n - 1 : x + r; }
+
+// Order-preserving unsigned keys of floating values (NaN, of either sign, is the largest key):
+// radix selection of the atmospheric light's top-k.
+FD_HD uint32_t order_key(float v) {
+  if (v != v) return 0xFFFFFFFFu;
+  union { float f; uint32_t u; } c;
+  c.f = v;
+  return (c.u & 0x80000000u) ? ~c.u : (c.u | 0x80000000u);
+}
+FD_HD uint64_t order_key(double v) {
+  if (v != v) return 0xFFFFFFFFFFFFFFFFull;
+  union { double f; uint64_t u; } c;
+  c.f = v;
+  return (c.u & 0x8000000000000000ull) ? ~c.u : (c.u | 0x8000000000000000ull);
+}
+
+template <typename T> struct KeyOf;
+template <> struct KeyOf<float> { using type = uint32_t; };
+template <> struct KeyOf<double> { using type = uint64_t; };
+
+// Transmission from the scaled dark value.
+template <typename T>
+FD_HD T transmission(T dark_scaled, T omega) { return T(1) - omega * dark_scaled; }
+
+}  // namespace dcp_math
+}  // namespace fastdehaze
