@@ -104,12 +104,12 @@ def recover(I, t, A, t0=0.1, clamp=None, *, backend="auto"):
         raise ValueError(f"t0 must be > 0, got {t0}")
     lo, hi = _clamp_range(clamp)
     b = resolve_backend(backend, FAMILY, I.device)
-    if b == "reference":
-        return _ref_asm.recover(I, t, A, t0, clamp)
     B, C = I.shape[:2]
     cdt = compute_dtype(I.dtype)
     A_bc = as_bc(A, "A", B, C, cdt, I.device)
     t0_bc = as_bc(t0, "t0", B, C, cdt, I.device).detach()
+    if b == "reference":
+        return _ref_asm.recover(I, t, A, t0, clamp)
     return _recover(b, I, t.to(I.dtype), A_bc, t0_bc, lo, hi, clamp is not None)
 
 
