@@ -375,9 +375,9 @@ def cmd_demo(args) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t_start)
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, ImportError) as e:
             failed += 1
-            print(f"  {b:<12} unavailable: {e}")
+            print(f"  DCP {b:<8} failed: {type(e).__name__}: {e}")
             continue
         results[b] = J.cpu()
         p, s = score(results[b])
