@@ -1,0 +1,33 @@
+// Launchers of csrc/cuda/dcp.cu (dark channel prior ops), instantiated for float, double,
+// __half and __nv_bfloat16. Tensors are contiguous NCHW; A is [B,C] in the compute type.
+// Scratch buffers are allocated by the caller (csrc/cuda/dcp_register.cpp).
+#pragma once
+#include "fastdehaze/cuda_common.h"
+
+namespace fastdehaze {
+
+// Window extremum of the channel extremum (dark/bright channel; with A: transmission
+// 1 - omega * dark(I / max(A, 1e-6))). out [B,1,H,W] of T. With rows_a/cols_a/chan (int32, B*H*W
+// each) non-null, the winners' column (row pass), row (column pass) and channel are written
+// (out is then of the compute type). pre/rows/hv: compute-type scratch of B*H*W; ha: int32 B*H*W
+// (only with the winners).
+template <typename T>
+void channel_window_cuda_launch(const T* I, const opmath<T>* A, double omega, bool is_max, int64_t B, int64_t C,
+                                int64_t H, int64_t W, int64_t patch, opmath<T>* pre, opmath<T>* rows, opmath<T>* hv,
+                                int32_t* ha, int32_t* rows_a, int32_t* cols_a, int32_t* chan, void* out, bool out_is_T,
+                                cudaStream_t stream);
+
+// grad [B,1,H,W] of T scattered to acc [B,C,H,W] (compute type, zero-filled) by the winners,
+// then converted to gI [B,C,H,W] of T.
+template <typename T>
+void channel_scatter_cuda_launch(const T* grad, const int32_t* rows_a, const int32_t* cols_a, const int32_t* chan,
+                                 opmath<T>* acc, T* gI, int64_t B, int64_t C, int64_t H, int64_t W,
+                                 cudaStream_t stream);
+
+// A [B,C] (compute type) = mean of I over the k largest dark values (stable ties, NaN largest):
+// one block per image, radix select with 8-bit digits. A must be zero-filled.
+template <typename T>
+void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int64_t B, int64_t C, int64_t HW,
+                                   int64_t k, cudaStream_t stream);
+
+}  // namespace fastdehaze
