@@ -27,6 +27,7 @@
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "fastdehaze/cpu_utils.h"
@@ -248,21 +249,26 @@ at::Tensor gather_patches_backward_cpu(const at::Tensor& grad, const at::Tensor&
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     const int64_t HW = H * W;
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<op_t> acc(HW);
+      // float/double planes are summed in place; half planes in a float scratch plane.
+      constexpr bool kInPlace = std::is_same_v<scalar_t, op_t>;
+      std::vector<op_t> scratch(kInPlace ? 0 : HW);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / C, c = t % C;
-        std::fill(acc.begin(), acc.end(), op_t(0));
+        op_t* acc = kInPlace ? reinterpret_cast<op_t*>(gxp + t * HW) : scratch.data();
+        std::fill(acc, acc + HW, op_t(0));
         for (int64_t q = 0; q < k; ++q) {
           const int64_t y0 = cp[2 * (b * k + q)], x0 = cp[2 * (b * k + q) + 1];
           const scalar_t* src = gp + ((b * k + q) * C + c) * p * p;
           for (int64_t dy = 0; dy < p; ++dy) {
-            op_t* dst = acc.data() + (y0 + dy) * W + x0;
+            op_t* dst = acc + (y0 + dy) * W + x0;
             const scalar_t* s = src + dy * p;
             for (int64_t dx = 0; dx < p; ++dx) dst[dx] += static_cast<op_t>(s[dx]);
           }
         }
-        scalar_t* o = gxp + t * HW;
-        for (int64_t e = 0; e < HW; ++e) o[e] = static_cast<scalar_t>(acc[e]);
+        if constexpr (!kInPlace) {
+          scalar_t* o = gxp + t * HW;
+          for (int64_t e = 0; e < HW; ++e) o[e] = static_cast<scalar_t>(acc[e]);
+        }
       }
     });
   });
