@@ -2,6 +2,6 @@
 
 One line per module file (each owner edits only its own line)."""
 from .dehazers import *  # noqa: F401,F403  (dcp app)
-# from .vgg import *  # noqa: F401,F403  (contrastive)
-# from .losses import *  # noqa: F401,F403  (contrastive / IICL)
+from .vgg import *  # noqa: F401,F403  (contrastive)
+from .losses import *  # noqa: F401,F403  (contrastive / IICL)
 from .depth import *  # noqa: F401,F403  (depth_difference)
