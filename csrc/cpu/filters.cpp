@@ -1,15 +1,17 @@
 // C++ CPU kernels of the box and guided filters (SPEC section 2).
 //
-// One engine (box_engine<K>) box-filters K planes of one image at once: a horizontal pass over
-// rows (parallel over rows) writes the K row means of every pixel into a scratch buffer laid out
-// [y][x][k], then a vertical pass over strips of columns (parallel over strips) keeps K float64
-// running sums per column and hands the K box means of each row segment to an epilogue. Both
-// passes use float64 running sums restarted on every row / column strip, so the error stays at
-// rounding level on multi-megapixel images. The epilogue fuses what follows the means: for the
-// gray guided filter the four means of I, p, I*p, I*I give a and b in pass 1 (K = 4), and the
-// two means of a and b give q in pass 2 (K = 2), so no intermediate but a, b is stored.
-// Non-finite inputs: a line holding NaN/inf takes a slower path that counts non-finite values in
-// the window and writes NaN there (same rule as the reference).
+// One engine (box_engine<K>) box-filters K values per pixel at once (K = 1 for box_filter; the
+// K statistics of the guided filter). Tasks are (plane, strip of columns), run in parallel. A
+// task walks down its strip: each row entering the vertical window gets its horizontal window
+// means (float64 running sum over the row segment widened by r on both sides) written to a ring
+// of the last 2r + 1 rows, which stays in L2; float64 vertical running sums per column give the
+// K box means of each row, handed to an epilogue. Running sums are restarted per row segment and
+// per strip, so the error stays at rounding level on multi-megapixel images; nothing of image
+// size is stored between the horizontal and the vertical pass. The gray guided filter runs two
+// such passes: the four means of I, p, I*p, I*I give a and b in pass 1's epilogue (K = 4), and
+// the two means of a and b give q in pass 2's (K = 2).
+// Non-finite values: when the inputs hold NaN/inf (one vectorised scan first), a slower path
+// counts non-finite values in every window and writes NaN there (the reference's rule).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -25,7 +27,6 @@ namespace fastdehaze {
 namespace {
 
 namespace fm = filters_math;
-constexpr int64_t kStrip = 256;  // columns per task of the vertical pass
 
 std::vector<double> inverse_counts(int64_t n, int64_t r) {
   std::vector<double> v(n);
@@ -33,119 +34,153 @@ std::vector<double> inverse_counts(int64_t n, int64_t r) {
   return v;
 }
 
-// Horizontal pass of one row of K interleaved lines s[x*K + k] (float64) into out[x*K + k].
-// forward: out = window sum * icw[x]; adjoint: s was pre-scaled by icw and out = window sum.
+// Whether any of the n values is NaN or +-inf.
+template <typename scalar_t>
+bool has_nonfinite(const scalar_t* x, int64_t n) {
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+    float z = 0.f;
+    for (int64_t i = b; i < e; ++i) z += static_cast<float>(x[i]) * 0.f;  // NaN iff a value is not finite
+    if (z != 0.f) bad.store(true, std::memory_order_relaxed);
+  });
+  return bad.load();
+}
+
+// Per-task scratch of box_engine: one column strip of one plane.
+template <int K, typename op_t>
+struct Strip {
+  std::vector<op_t> line;      // (n + 2r) x K values of the row segment [xa, xb)
+  std::vector<double> s;       // the same in float64 (pre-scaled by 1/count for the adjoint)
+  std::vector<unsigned char> bad;
+  std::vector<op_t> ring;      // row means of the last R rows, R = min(H, 2r + 1), n x K each
+  std::vector<double> acc;     // vertical running sums, n x K
+  std::vector<int> cnt;        // non-finite counts of the vertical window (NANS only)
+  std::vector<op_t> m;         // the means handed to emit
+};
+
+// Horizontal window sums of row segment s (columns [xa, xb)) for output columns [x0, x0 + n).
 template <int K, bool NANS, typename op_t>
-void hrow(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64_t r, const double* icw, bool adjoint) {
+void hseg(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64_t r, int64_t xa, int64_t xb,
+          int64_t x0, int64_t n, const double* icw, bool adjoint) {
   double acc[K];
   int cnt[K];
   for (int k = 0; k < K; ++k) acc[k] = 0, cnt[k] = 0;
-  const int64_t e = std::min(r, W - 1);
-  for (int64_t x = 0; x <= e; ++x)
+  const int64_t lo0 = std::max<int64_t>(0, x0 - r), hi0 = std::min(W - 1, x0 + r);
+  for (int64_t x = lo0; x <= hi0; ++x)
     for (int k = 0; k < K; ++k) {
-      acc[k] += s[x * K + k];
-      if (NANS) cnt[k] += bad[x * K + k];
+      acc[k] += s[(x - xa) * K + k];
+      if (NANS) cnt[k] += bad[(x - xa) * K + k];
     }
-  for (int64_t x = 0; x < W; ++x) {
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t x = x0 + j;
     const double sc = adjoint ? 1.0 : icw[x];
     for (int k = 0; k < K; ++k) {
       op_t v = static_cast<op_t>(acc[k] * sc);
       if (NANS && cnt[k] > 0) v = static_cast<op_t>(NAN);
-      out[x * K + k] = v;
+      out[j * K + k] = v;
     }
-    if (x + r + 1 < W)
+    const int64_t xin = x + r + 1, xout = x - r;
+    if (xin < xb)
       for (int k = 0; k < K; ++k) {
-        acc[k] += s[(x + r + 1) * K + k];
-        if (NANS) cnt[k] += bad[(x + r + 1) * K + k];
+        acc[k] += s[(xin - xa) * K + k];
+        if (NANS) cnt[k] += bad[(xin - xa) * K + k];
       }
-    if (x - r >= 0)
+    if (xout >= xa)
       for (int k = 0; k < K; ++k) {
-        acc[k] -= s[(x - r) * K + k];
-        if (NANS) cnt[k] -= bad[(x - r) * K + k];
+        acc[k] -= s[(xout - xa) * K + k];
+        if (NANS) cnt[k] -= bad[(xout - xa) * K + k];
       }
   }
 }
 
-// Vertical pass over the columns [x0, x0 + n) of tmp ([H][W][K]); emit(y, x0, n, m) receives the
-// K means of each pixel of the row segment as m[(x - x0) * K + k].
-template <int K, bool NANS, typename op_t, typename Emit>
-void vstrip(const op_t* tmp, int64_t H, int64_t W, int64_t r, int64_t x0, int64_t n, const double* ich, bool adjoint,
-            Emit& emit) {
-  const int64_t L = n * K;
-  std::vector<double> acc(L, 0.0);
-  std::vector<int> cnt(NANS ? L : 0, 0);
-  std::vector<op_t> m(L);
-  auto add = [&](int64_t yy, double sgn) {
-    const op_t* row = tmp + (yy * W + x0) * K;
-    const double sc = adjoint ? sgn * ich[yy] : sgn;
+// One column strip [x0, x0 + n) of plane pl: rows enter the vertical window one at a time; each
+// entering row's horizontal means (from the row segment [x0 - r, x0 + n + r)) go to a ring of
+// the last 2r + 1 rows (L2-resident), so nothing of image size is stored between the passes.
+template <int K, bool NANS, typename op_t, typename LoadSeg, typename Emit>
+void strip_pass(Strip<K, op_t>& st, int64_t pl, int64_t H, int64_t W, int64_t r, int64_t x0, int64_t n,
+                const double* icw, const double* ich, bool adjoint, LoadSeg& load_seg, Emit& emit) {
+  const int64_t xa = std::max<int64_t>(0, x0 - r), xb = std::min(W, x0 + n + r);
+  const int64_t R = std::min(H, 2 * r + 1), L = n * K;
+  st.line.resize((xb - xa) * K);
+  st.s.resize((xb - xa) * K);
+  st.ring.resize(R * L);
+  st.acc.assign(L, 0.0);
+  st.m.resize(L);
+  if (NANS) {
+    st.bad.resize((xb - xa) * K);
+    st.cnt.assign(L, 0);
+  }
+  auto row_in = [&](int64_t y) {  // horizontal means of row y into its ring slot
+    load_seg(pl, y, xa, xb, st.line.data());
+    for (int64_t x = xa; x < xb; ++x)
+      for (int k = 0; k < K; ++k) {
+        double v = static_cast<double>(st.line[(x - xa) * K + k]);
+        if (NANS) {
+          const bool b = !std::isfinite(v);
+          st.bad[(x - xa) * K + k] = b;
+          if (b) v = 0.0;
+        }
+        st.s[(x - xa) * K + k] = adjoint ? v * icw[x] : v;
+      }
+    op_t* slot = st.ring.data() + (y % R) * L;
+    hseg<K, NANS>(st.s.data(), st.bad.data(), slot, W, r, xa, xb, x0, n, icw, adjoint);
+  };
+  auto vadd = [&](int64_t y, double sgn) {
+    const op_t* row = st.ring.data() + (y % R) * L;
+    const double sc = adjoint ? sgn * ich[y] : sgn;
+    double* acc = st.acc.data();
     if (NANS) {
       const int isg = sgn > 0 ? 1 : -1;
       for (int64_t j = 0; j < L; ++j) {
         const double v = static_cast<double>(row[j]);
         const bool b = v != v;
         acc[j] += b ? 0.0 : v * sc;
-        cnt[j] += b ? isg : 0;
+        st.cnt[j] += b ? isg : 0;
       }
     } else {
       for (int64_t j = 0; j < L; ++j) acc[j] += static_cast<double>(row[j]) * sc;
     }
   };
   const int64_t e = std::min(r, H - 1);
-  for (int64_t yy = 0; yy <= e; ++yy) add(yy, 1.0);
+  for (int64_t y = 0; y <= e; ++y) {
+    row_in(y);
+    vadd(y, 1.0);
+  }
   for (int64_t y = 0; y < H; ++y) {
     const double sc = adjoint ? 1.0 : ich[y];
+    op_t* m = st.m.data();
+    const double* acc = st.acc.data();
     for (int64_t j = 0; j < L; ++j) m[j] = static_cast<op_t>(acc[j] * sc);
     if (NANS)
       for (int64_t j = 0; j < L; ++j)
-        if (cnt[j] > 0) m[j] = static_cast<op_t>(NAN);
-    emit(y, x0, n, m.data());
-    if (y + r + 1 < H) add(y + r + 1, 1.0);
-    if (y - r >= 0) add(y - r, -1.0);
+        if (st.cnt[j] > 0) m[j] = static_cast<op_t>(NAN);
+    emit(pl, y, x0, n, static_cast<const op_t*>(m));
+    if (y - r >= 0) vadd(y - r, -1.0);  // leaves first: row y + r + 1 takes its ring slot
+    if (y + r + 1 < H) {
+      row_in(y + r + 1);
+      vadd(y + r + 1, 1.0);
+    }
   }
 }
 
-// Box-filters the K planes given row by row by load_row(y, line) (line[x * K + k], op_t) and
-// passes the means to emit (see vstrip). adjoint: the box sum of value / count instead.
-template <int K, typename op_t, typename LoadRow, typename Emit>
-void box_engine(int64_t H, int64_t W, int64_t r, bool adjoint, LoadRow load_row, Emit emit) {
+// Box-filters K planes-worth of values per pixel for P planes of H x W: load_seg(pl, y, xa, xb,
+// line) gives line[(x - xa) * K + k] for x in [xa, xb); emit(pl, y, x0, n, m) receives the K box
+// means of the row segment [x0, x0 + n) as m[(x - x0) * K + k]. adjoint: box sums of value / count.
+// nans: the inputs may hold NaN/inf (slower path that counts them in every window).
+// Tasks = (plane, column strip), run in parallel; float64 running sums restarted per strip.
+template <int K, typename op_t, typename LoadSeg, typename Emit>
+void box_engine(int64_t P, int64_t H, int64_t W, int64_t r, bool adjoint, bool nans, LoadSeg load_seg, Emit emit) {
   const std::vector<double> icw = inverse_counts(W, r), ich = inverse_counts(H, r);
-  std::vector<op_t> tmp(static_cast<size_t>(H * W * K));
-  std::atomic<bool> any_bad{false};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, W * K));
-  at::parallel_for(0, H, grain, [&](int64_t y0, int64_t y1) {
-    std::vector<op_t> line(W * K);
-    std::vector<double> s(W * K);
-    std::vector<unsigned char> bad;
-    for (int64_t y = y0; y < y1; ++y) {
-      load_row(y, line.data());
-      double z = 0.0;
-      for (int64_t x = 0; x < W; ++x)
-        for (int k = 0; k < K; ++k) {
-          const double v = static_cast<double>(line[x * K + k]);
-          s[x * K + k] = adjoint ? v * icw[x] : v;
-          z += v * 0.0;  // NaN iff some value is NaN or +-inf
-        }
-      op_t* out = tmp.data() + y * W * K;
-      if (z == 0.0) {
-        hrow<K, false>(s.data(), nullptr, out, W, r, icw.data(), adjoint);
-      } else {
-        any_bad.store(true, std::memory_order_relaxed);
-        bad.resize(W * K);
-        for (int64_t j = 0; j < W * K; ++j) {
-          bad[j] = std::isfinite(s[j]) ? 0 : 1;
-          if (bad[j]) s[j] = 0.0;
-        }
-        hrow<K, true>(s.data(), bad.data(), out, W, r, icw.data(), adjoint);
-      }
-    }
-  });
-  const bool nans = any_bad.load();
-  const int64_t nstrip = (W + kStrip - 1) / kStrip;
-  at::parallel_for(0, nstrip, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t si = s0; si < s1; ++si) {
-      const int64_t x0 = si * kStrip, n = std::min(kStrip, W - x0);
-      if (nans) vstrip<K, true>(tmp.data(), H, W, r, x0, n, ich.data(), adjoint, emit);
-      else vstrip<K, false>(tmp.data(), H, W, r, x0, n, ich.data(), adjoint, emit);
+  int64_t S = 256;
+  const int64_t want = 2 * at::get_num_threads();
+  if (P * ((W + S - 1) / S) < want) S = std::max<int64_t>(64, (W * P + want - 1) / want);
+  const int64_t nstrip = (W + S - 1) / S;
+  at::parallel_for(0, P * nstrip, 1, [&](int64_t t0, int64_t t1) {
+    Strip<K, op_t> st;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t pl = t / nstrip, x0 = (t % nstrip) * S, n = std::min(S, W - x0);
+      if (nans) strip_pass<K, true>(st, pl, H, W, r, x0, n, icw.data(), ich.data(), adjoint, load_seg, emit);
+      else strip_pass<K, false>(st, pl, H, W, r, x0, n, icw.data(), ich.data(), adjoint, load_seg, emit);
     }
   });
 }
@@ -157,21 +192,21 @@ at::Tensor box_common(const at::Tensor& x, int64_t r, bool adjoint, const char* 
   auto xc = x.contiguous();
   auto out = at::empty_like(xc, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
-  const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "box_filter_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
-    for (int64_t pl = 0; pl < P; ++pl) {
-      const scalar_t* xp = xc.const_data_ptr<scalar_t>() + pl * H * W;
-      scalar_t* op = out.mutable_data_ptr<scalar_t>() + pl * H * W;
-      box_engine<1, op_t>(
-          H, W, r, adjoint,
-          [&](int64_t y, op_t* line) {
-            for (int64_t i = 0; i < W; ++i) line[i] = static_cast<op_t>(xp[y * W + i]);
-          },
-          [&](int64_t y, int64_t x0, int64_t n, const op_t* m) {
-            for (int64_t i = 0; i < n; ++i) op[y * W + x0 + i] = static_cast<scalar_t>(m[i]);
-          });
-    }
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    box_engine<1, op_t>(
+        P, H, W, r, adjoint, has_nonfinite(xp, P * HW),
+        [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+          const scalar_t* src = xp + pl * HW + y * W;
+          for (int64_t i = xa; i < xb; ++i) line[i - xa] = static_cast<op_t>(src[i]);
+        },
+        [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
+          scalar_t* dst = op + pl * HW + y * W + x0;
+          for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(m[i]);
+        });
   });
   return out;
 }
@@ -195,76 +230,91 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
   auto out = at::empty_like(pc, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   const int64_t B = p.size(0), C = p.size(1), G = I.size(1), H = p.size(2), W = p.size(3), HW = H * W;
+  const int64_t P = B * C;  // planes = (image, src channel)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "guided_filter_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
     const op_t e = static_cast<op_t>(eps);
-    for (int64_t b = 0; b < B; ++b) {
-      const scalar_t* Ib = Ic.const_data_ptr<scalar_t>() + b * G * HW;
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* pp = pc.const_data_ptr<scalar_t>() + (b * C + c) * HW;
-        scalar_t* qp = out.mutable_data_ptr<scalar_t>() + (b * C + c) * HW;
-        if (G == 1) {
-          std::vector<op_t> ab(static_cast<size_t>(HW * 2));
-          box_engine<4, op_t>(
-              H, W, r, false,
-              [&](int64_t y, op_t* line) {
-                for (int64_t x = 0; x < W; ++x) {
-                  const op_t iv = static_cast<op_t>(Ib[y * W + x]), pv = static_cast<op_t>(pp[y * W + x]);
-                  line[x * 4 + 0] = iv;
-                  line[x * 4 + 1] = pv;
-                  line[x * 4 + 2] = iv * pv;
-                  line[x * 4 + 3] = iv * iv;
-                }
-              },
-              [&](int64_t y, int64_t x0, int64_t n, const op_t* m) {
-                op_t* o = ab.data() + (y * W + x0) * 2;
-                for (int64_t i = 0; i < n; ++i)
-                  fm::gray_coeffs(m[i * 4 + 0], m[i * 4 + 1], m[i * 4 + 2], m[i * 4 + 3], e, o[i * 2], o[i * 2 + 1]);
-              });
-          box_engine<2, op_t>(
-              H, W, r, false,
-              [&](int64_t y, op_t* line) { std::copy(ab.data() + y * W * 2, ab.data() + (y + 1) * W * 2, line); },
-              [&](int64_t y, int64_t x0, int64_t n, const op_t* m) {
-                for (int64_t i = 0; i < n; ++i) {
-                  const int64_t o = y * W + x0 + i;
-                  qp[o] = static_cast<scalar_t>(m[i * 2] * static_cast<op_t>(Ib[o]) + m[i * 2 + 1]);
-                }
-              });
-        } else {
-          std::vector<op_t> ab(static_cast<size_t>(HW * 4));
-          box_engine<13, op_t>(
-              H, W, r, false,
-              [&](int64_t y, op_t* line) {
-                for (int64_t x = 0; x < W; ++x) {
-                  const int64_t o = y * W + x;
-                  const op_t i0 = static_cast<op_t>(Ib[o]), i1 = static_cast<op_t>(Ib[HW + o]),
-                             i2 = static_cast<op_t>(Ib[2 * HW + o]), pv = static_cast<op_t>(pp[o]);
-                  op_t* l = line + x * 13;
-                  l[0] = i0, l[1] = i1, l[2] = i2;
-                  l[3] = i0 * i0, l[4] = i0 * i1, l[5] = i0 * i2, l[6] = i1 * i1, l[7] = i1 * i2, l[8] = i2 * i2;
-                  l[9] = pv, l[10] = i0 * pv, l[11] = i1 * pv, l[12] = i2 * pv;
-                }
-              },
-              [&](int64_t y, int64_t x0, int64_t n, const op_t* m) {
-                op_t* o = ab.data() + (y * W + x0) * 4;
-                for (int64_t i = 0; i < n; ++i) {
-                  const op_t* mm = m + i * 13;
-                  fm::color_coeffs(mm, mm[9], mm + 10, mm + 3, e, o + i * 4, o[i * 4 + 3]);
-                }
-              });
-          box_engine<4, op_t>(
-              H, W, r, false,
-              [&](int64_t y, op_t* line) { std::copy(ab.data() + y * W * 4, ab.data() + (y + 1) * W * 4, line); },
-              [&](int64_t y, int64_t x0, int64_t n, const op_t* m) {
-                for (int64_t i = 0; i < n; ++i) {
-                  const int64_t o = y * W + x0 + i;
-                  const op_t* mm = m + i * 4;
-                  qp[o] = static_cast<scalar_t>(mm[0] * static_cast<op_t>(Ib[o]) + mm[1] * static_cast<op_t>(Ib[HW + o]) +
-                                                mm[2] * static_cast<op_t>(Ib[2 * HW + o]) + mm[3]);
-                }
-              });
-        }
-      }
+    const scalar_t* Ip = Ic.const_data_ptr<scalar_t>();
+    const scalar_t* pp = pc.const_data_ptr<scalar_t>();
+    scalar_t* qp = out.mutable_data_ptr<scalar_t>();
+    const bool nans = has_nonfinite(Ip, B * G * HW) || has_nonfinite(pp, P * HW);
+    std::atomic<bool> ab_bad{false};  // a or b not finite (NaN/inf input, or var + eps == 0)
+    if (G == 1) {
+      // pass 1: means of I, p, I p, I I -> a, b (stored [P][H][W][2]); pass 2: means of a, b -> q
+      std::vector<op_t> ab(static_cast<size_t>(P * HW * 2));
+      box_engine<4, op_t>(
+          P, H, W, r, false, nans,
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+            const scalar_t* Ir = Ip + (pl / C) * HW + y * W;
+            const scalar_t* pr = pp + pl * HW + y * W;
+            for (int64_t x = xa; x < xb; ++x) {
+              const op_t iv = static_cast<op_t>(Ir[x]), pv = static_cast<op_t>(pr[x]);
+              op_t* l = line + (x - xa) * 4;
+              l[0] = iv, l[1] = pv, l[2] = iv * pv, l[3] = iv * iv;
+            }
+          },
+          [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
+            op_t* o = ab.data() + (pl * HW + y * W + x0) * 2;
+            op_t z = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              fm::gray_coeffs(m[i * 4 + 0], m[i * 4 + 1], m[i * 4 + 2], m[i * 4 + 3], e, o[i * 2], o[i * 2 + 1]);
+              z += o[i * 2] * op_t(0) + o[i * 2 + 1] * op_t(0);
+            }
+            if (z != op_t(0)) ab_bad.store(true, std::memory_order_relaxed);
+          });
+      box_engine<2, op_t>(
+          P, H, W, r, false, nans || ab_bad.load(),
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+            const op_t* src = ab.data() + (pl * HW + y * W) * 2;
+            std::copy(src + xa * 2, src + xb * 2, line);
+          },
+          [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
+            const scalar_t* Ir = Ip + (pl / C) * HW + y * W + x0;
+            scalar_t* q = qp + pl * HW + y * W + x0;
+            for (int64_t i = 0; i < n; ++i) q[i] = static_cast<scalar_t>(m[i * 2] * static_cast<op_t>(Ir[i]) + m[i * 2 + 1]);
+          });
+    } else {
+      // pass 1: 13 means (I0..2, the 6 products I_i I_j, p, I_g p) -> a0..2, b; pass 2: 4 means -> q
+      std::vector<op_t> ab(static_cast<size_t>(P * HW * 4));
+      box_engine<13, op_t>(
+          P, H, W, r, false, nans,
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+            const scalar_t* Ir = Ip + (pl / C) * 3 * HW + y * W;
+            const scalar_t* pr = pp + pl * HW + y * W;
+            for (int64_t x = xa; x < xb; ++x) {
+              const op_t i0 = static_cast<op_t>(Ir[x]), i1 = static_cast<op_t>(Ir[HW + x]),
+                         i2 = static_cast<op_t>(Ir[2 * HW + x]), pv = static_cast<op_t>(pr[x]);
+              op_t* l = line + (x - xa) * 13;
+              l[0] = i0, l[1] = i1, l[2] = i2;
+              l[3] = i0 * i0, l[4] = i0 * i1, l[5] = i0 * i2, l[6] = i1 * i1, l[7] = i1 * i2, l[8] = i2 * i2;
+              l[9] = pv, l[10] = i0 * pv, l[11] = i1 * pv, l[12] = i2 * pv;
+            }
+          },
+          [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
+            op_t* o = ab.data() + (pl * HW + y * W + x0) * 4;
+            op_t z = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              const op_t* mm = m + i * 13;
+              fm::color_coeffs(mm, mm[9], mm + 10, mm + 3, e, o + i * 4, o[i * 4 + 3]);
+              z += (o[i * 4] + o[i * 4 + 1] + o[i * 4 + 2] + o[i * 4 + 3]) * op_t(0);
+            }
+            if (z != op_t(0)) ab_bad.store(true, std::memory_order_relaxed);
+          });
+      box_engine<4, op_t>(
+          P, H, W, r, false, nans || ab_bad.load(),
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+            const op_t* src = ab.data() + (pl * HW + y * W) * 4;
+            std::copy(src + xa * 4, src + xb * 4, line);
+          },
+          [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
+            const scalar_t* Ir = Ip + (pl / C) * 3 * HW + y * W + x0;
+            scalar_t* q = qp + pl * HW + y * W + x0;
+            for (int64_t i = 0; i < n; ++i) {
+              const op_t* mm = m + i * 4;
+              q[i] = static_cast<scalar_t>(mm[0] * static_cast<op_t>(Ir[i]) + mm[1] * static_cast<op_t>(Ir[HW + i]) +
+                                           mm[2] * static_cast<op_t>(Ir[2 * HW + i]) + mm[3]);
+            }
+          });
     }
   });
   return out;
