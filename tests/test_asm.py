@@ -499,3 +499,33 @@ def test_torch_compile_inductor_cpu():
             _rand(g, (1, 3, 1, 1), 0.6, 1), _rand(g, (1, 3, 4, 5), -1, 1)]
     out = torch.compile(_pipeline, fullgraph=True)(*args, "cpu")
     torch.testing.assert_close(out, _pipeline(*args, "reference"), rtol=1e-9, atol=1e-9)
+
+
+def test_negative_depth_found_next_to_nan():
+    depth = torch.rand(1, 1, 4, 4)
+    depth[0, 0, 0, 0] = float("nan")
+    depth[0, 0, 3, 3] = -1.0
+    with pytest.raises(ValueError, match=r"^depth must be >= 0"):
+        F.transmission_from_depth(depth, 1.0, backend="cpu")
+    depth[0, 0, 3, 3] = 1.0
+    assert F.transmission_from_depth(depth, 1.0, backend="cpu").isnan().sum() == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_exp_accuracy_full_range(dtype):
+    """The C++ CPU kernel's exp (a vectorised polynomial for float32, asm_math.h exp_host)
+    against torch.exp over the whole range, subnormals, +-inf and NaN included."""
+    x = torch.cat([torch.linspace(-110, 100, 200001, dtype=dtype),
+                   torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -103.9, -104.0, 88.7, 88.73],
+                                dtype=dtype)])
+    # t = exp(-beta d) with beta = 1, d = -x (the registered op itself does not check signs)
+    t = torch.ops.fastdehaze.transmission_from_depth(-x.view(1, 1, 1, -1), torch.ones(1, 1, dtype=dtype)).view(-1)
+    ref = torch.exp(x.double())
+    tiny = torch.finfo(dtype).tiny
+    normal = (ref >= tiny) & (ref <= torch.finfo(dtype).max)
+    eps = torch.finfo(dtype).eps
+    rel = ((t.double() - ref).abs() / ref)[normal]
+    assert rel.max() <= 2 * eps
+    assert ((t.double() - ref).abs()[ref < tiny] <= tiny * eps * 2).all()  # subnormal range: absolute
+    assert torch.equal(t[~normal & ~(ref < tiny)].isnan(), ref[~normal & ~(ref < tiny)].isnan())
+    assert t[-8].isnan() and t[-7] == float("inf") and t[-6] == 0 and t[-5] == 1

@@ -7,7 +7,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "fastdehaze/asm_math.h"
 #include "fastdehaze/cpu_utils.h"
@@ -16,6 +21,43 @@ namespace fastdehaze {
 namespace {
 
 namespace am = asm_math;
+
+// Outputs at least this large are written with non-temporal (streaming) stores: they do not fit
+// in the last-level cache together with the inputs, and streaming them skips the read-for-
+// ownership of every output line (about a third less memory traffic for a map-like op).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// dst[p] = f(p) for p in [0, n) (n <= kCpuPixelBlock). With `stream` (float32 storage on an
+// AVX-512 build) the block is computed into an L1 buffer by the same vectorised loop and then
+// written with 64-byte streaming stores; call stream_fence() before the output is read.
+template <typename scalar_t, typename F>
+inline void write_block(scalar_t* __restrict__ dst, int64_t n, bool stream, const F& f) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+      alignas(64) float buf[kCpuPixelBlock];
+      for (int64_t p = 0; p < n; ++p) buf[p] = f(p);
+      int64_t p = 0;
+      for (; p < n && (reinterpret_cast<std::uintptr_t>(dst + p) & 63) != 0; ++p) dst[p] = buf[p];
+      for (; p + 16 <= n; p += 16) _mm512_stream_ps(dst + p, _mm512_loadu_ps(buf + p));
+      for (; p < n; ++p) dst[p] = buf[p];
+      return;
+    }
+  }
+#endif
+  (void)stream;
+  for (int64_t p = 0; p < n; ++p) dst[p] = static_cast<scalar_t>(f(p));
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
+inline bool use_stream(const at::Tensor& out) {
+  return out.scalar_type() == at::kFloat && static_cast<int64_t>(out.nbytes()) >= kStreamBytes;
+}
 
 struct Dims {
   int64_t B, C, HW, Ct;
@@ -51,6 +93,7 @@ at::Tensor recover_cpu(const at::Tensor& I, const at::Tensor& t, const at::Tenso
     scalar_t* Jp = out.mutable_data_ptr<scalar_t>();
     const int64_t nblk = (d.HW + kCpuPixelBlock - 1) / kCpuPixelBlock;
     const op_t olo = static_cast<op_t>(lo), ohi = static_cast<op_t>(hi);
+    const bool stream = use_stream(out);
     at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
       op_t inv[kCpuPixelBlock];
       for (int64_t task = begin; task < end; ++task) {
@@ -65,13 +108,15 @@ at::Tensor recover_cpu(const at::Tensor& I, const at::Tensor& t, const at::Tenso
           const scalar_t* Ir = Ip + (b * d.C + c) * d.HW + p0;
           scalar_t* Jr = Jp + (b * d.C + c) * d.HW + p0;
           if (clamp) {
-            for (int64_t p = 0; p < n; ++p)
-              Jr[p] = static_cast<scalar_t>(am::clamp_out(am::recover(static_cast<op_t>(Ir[p]), inv[p], Av), olo, ohi));
+            write_block(Jr, n, stream, [&](int64_t p) {
+              return am::clamp_out(am::recover(static_cast<op_t>(Ir[p]), inv[p], Av), olo, ohi);
+            });
           } else {
-            for (int64_t p = 0; p < n; ++p) Jr[p] = static_cast<scalar_t>(am::recover(static_cast<op_t>(Ir[p]), inv[p], Av));
+            write_block(Jr, n, stream, [&](int64_t p) { return am::recover(static_cast<op_t>(Ir[p]), inv[p], Av); });
           }
         }
       }
+      if (stream) stream_fence();
     });
   });
   return out;
@@ -190,6 +235,7 @@ void for_each_block(const Layout& d, const F& body) {
       for (int64_t c = 0; c < d.C; ++c)
         body(b, c, (b * d.C + c) * d.HW + p0, (b * d.Cm + (d.Cm == 1 ? 0 : c)) * d.HW + p0, n);
     }
+    stream_fence();  // the bodies may have used streaming stores (write_block)
   });
 }
 
@@ -247,13 +293,13 @@ at::Tensor synthesize_haze_cpu(const at::Tensor& J, const at::Tensor& t, const a
     const scalar_t* tp = tc.const_data_ptr<scalar_t>();
     const op_t* Ap = Ac.const_data_ptr<op_t>();
     scalar_t* Ip = out.mutable_data_ptr<scalar_t>();
+    const bool stream = use_stream(out);
     for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
       const op_t Av = Ap[b * d.C + c];
       const scalar_t* __restrict__ Jr = Jp + off;
       const scalar_t* __restrict__ tr = tp + moff;
-      scalar_t* __restrict__ Ir = Ip + off;
-      for (int64_t p = 0; p < n; ++p)
-        Ir[p] = static_cast<scalar_t>(am::synthesize(static_cast<op_t>(Jr[p]), static_cast<op_t>(tr[p]), Av));
+      write_block(Ip + off, n, stream,
+                  [&](int64_t p) { return am::synthesize(static_cast<op_t>(Jr[p]), static_cast<op_t>(tr[p]), Av); });
     });
   });
   return out;
@@ -314,11 +360,11 @@ at::Tensor transmission_from_depth_cpu(const at::Tensor& depth, const at::Tensor
     const scalar_t* dp = dc.const_data_ptr<scalar_t>();
     const op_t* bp = bc.const_data_ptr<op_t>();
     scalar_t* tp = out.mutable_data_ptr<scalar_t>();
+    const bool stream = use_stream(out);
     for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
       const op_t bv = bp[b * d.C + c];
       const scalar_t* __restrict__ dr = dp + moff;
-      scalar_t* __restrict__ tr = tp + off;
-      for (int64_t p = 0; p < n; ++p) tr[p] = static_cast<scalar_t>(am::transmission(static_cast<op_t>(dr[p]), bv));
+      write_block(tp + off, n, stream, [&](int64_t p) { return am::transmission(static_cast<op_t>(dr[p]), bv); });
     });
   });
   return out;
@@ -376,13 +422,13 @@ at::Tensor recompose_k_cpu(const at::Tensor& I, const at::Tensor& K, const at::T
     const scalar_t* Kp = Kc.const_data_ptr<scalar_t>();
     const op_t* bp = bc.const_data_ptr<op_t>();
     scalar_t* Jp = out.mutable_data_ptr<scalar_t>();
+    const bool stream = use_stream(out);
     for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
       const op_t bv = bp[b * d.C + c];
       const scalar_t* __restrict__ Ir = Ip + off;
       const scalar_t* __restrict__ Kr = Kp + moff;
-      scalar_t* __restrict__ Jr = Jp + off;
-      for (int64_t p = 0; p < n; ++p)
-        Jr[p] = static_cast<scalar_t>(am::recompose_k(static_cast<op_t>(Ir[p]), static_cast<op_t>(Kr[p]), bv));
+      write_block(Jp + off, n, stream,
+                  [&](int64_t p) { return am::recompose_k(static_cast<op_t>(Ir[p]), static_cast<op_t>(Kr[p]), bv); });
     });
   });
   return out;

@@ -204,10 +204,28 @@ def _param_channels(value, name: str, C_map: int) -> int:
     return C_map
 
 
+def _nonnegative(x, name: str) -> None:
+    """ValueError if ``x`` has a negative value. Same policy as ``_checks.nonnegative`` (tensors
+    are checked on the CPU always, on CUDA only with ``set_value_checks(True)``, never while
+    compiling), but one reduction (amin) instead of a comparison tensor plus ``any``: it is a
+    full extra read of the tensor, the largest cost of these element-wise ops after the kernel.
+    NaN is not negative (it propagates to the output instead)."""
+    if isinstance(x, torch.Tensor):
+        if not x.numel() or not _checks.value_checks_enabled(x):
+            return
+        m = float(x.amin())  # NaN if x has a NaN: then look at the other values
+        if m < 0 or (m != m and bool((x < 0).any())):
+            raise ValueError(f"{name} must be >= 0 (found negative values)")
+    else:
+        _checks.nonnegative(x, name)
+
+
 def _check_beta(beta):
     if isinstance(beta, bool) or not isinstance(beta, (int, float, torch.Tensor)):
         raise TypeError(f"beta must be a float or a tensor, got {type(beta).__name__}")
-    _checks.nonnegative(beta, "beta")
+    if isinstance(beta, torch.Tensor) and not beta.is_floating_point():
+        raise TypeError(f"beta must be a floating-point tensor, got {beta.dtype}")
+    _nonnegative(beta, "beta")
 
 
 def _transmission_args(depth, beta, B: int):
@@ -248,7 +266,7 @@ def transmission_from_depth(depth, beta, *, backend="auto"):
         RuntimeError: the requested backend is unavailable for depth's device.
     """
     _checks.image(depth, "depth")
-    _checks.nonnegative(depth, "depth")
+    _nonnegative(depth, "depth")
     if isinstance(beta, torch.Tensor):
         _checks.same_device("beta", beta, "depth", depth)
     b = resolve_backend(backend, FAMILY, depth.device)
@@ -304,7 +322,7 @@ def synthesize_haze(J, A, *, t=None, depth=None, beta=None, backend="auto"):
                              f"depth={'a tensor' if depth is not None else None}, "
                              f"beta={'given' if beta is not None else None})")
         _checks.map_like(depth, "depth", J, "J")
-        _checks.nonnegative(depth, "depth")
+        _nonnegative(depth, "depth")
         _check_beta(beta)
     b = resolve_backend(backend, FAMILY, J.device)
     B, C = J.shape[:2]
