@@ -48,8 +48,10 @@ def peak_rss_of(code: str) -> int:
     """Peak resident memory (bytes) of a fresh Python process that runs ``code``, minus that of
     one that only imports torch and fastdehaze: each variant's peak in its own process (CPU)."""
     def run(src):
-        prog = ("import resource, torch, fastdehaze.ops\n" + src +
-                "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        # VmHWM (peak RSS of this process's address space, reset by exec) rather than ru_maxrss,
+        # which on Linux keeps the parent's peak across fork + exec.
+        prog = ("import torch, fastdehaze.ops\n" + src +
+                "\nprint([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
         out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
         return int(out.stdout.strip().splitlines()[-1]) * 1024
