@@ -6,15 +6,16 @@ line, chunk by chunk with a carry: O(1) per pixel, rounding-level error) plus pr
 non-finite values, and ``_window_kernel`` turns them into window means (or, for the adjoint,
 window sums of value / count). A window holding NaN/inf gives NaN (the reference's rule).
 
-Guided filter: the box filter above on the stacked statistics (I, p, I p, I I, ...), the
-coefficients and the output computed with PyTorch element-wise ops (the formulas of
-``fastdehaze.reference.filters``): only the box filters are Triton kernels.
+Guided filter: the statistics planes (I, p, I p, I I; 13 for a colour guide) are stacked with
+PyTorch products, box-filtered by the kernels above in one call, turned into a, b by
+``_gf_coeff_kernel`` (gray formula, or the 3x3 adjugate solve), box-filtered again, and
+combined with the guide by ``_gf_out_kernel``.
 """
 import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, block_size
 
 
 @triton.jit
@@ -113,12 +114,99 @@ def box_filter_backward(grad, r):
     return _box(grad, r, True)
 
 
+@triton.jit
+def _gf_coeff_kernel(m_ptr, ab_ptr, HW, eps, K: tl.constexpr, KA: tl.constexpr, COLOR: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    # means [P, K, HW] -> a (1 or 3 planes), b: [P, KA, HW]; same operation order as the reference
+    pl = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    msk = i < HW
+    base = m_ptr + pl * K * HW + i
+    out = ab_ptr + pl * KA * HW + i
+    if COLOR:
+        i0 = tl.load(base, mask=msk, other=0.0)
+        i1 = tl.load(base + HW, mask=msk, other=0.0)
+        i2 = tl.load(base + 2 * HW, mask=msk, other=0.0)
+        s00 = tl.load(base + 3 * HW, mask=msk, other=1.0) - i0 * i0 + eps
+        s01 = tl.load(base + 4 * HW, mask=msk, other=0.0) - i0 * i1
+        s02 = tl.load(base + 5 * HW, mask=msk, other=0.0) - i0 * i2
+        s11 = tl.load(base + 6 * HW, mask=msk, other=1.0) - i1 * i1 + eps
+        s12 = tl.load(base + 7 * HW, mask=msk, other=0.0) - i1 * i2
+        s22 = tl.load(base + 8 * HW, mask=msk, other=1.0) - i2 * i2 + eps
+        mp = tl.load(base + 9 * HW, mask=msk, other=0.0)
+        c0 = tl.load(base + 10 * HW, mask=msk, other=0.0) - i0 * mp
+        c1 = tl.load(base + 11 * HW, mask=msk, other=0.0) - i1 * mp
+        c2 = tl.load(base + 12 * HW, mask=msk, other=0.0) - i2 * mp
+        m00 = s11 * s22 - s12 * s12
+        m01 = s02 * s12 - s01 * s22
+        m02 = s01 * s12 - s02 * s11
+        m11 = s00 * s22 - s02 * s02
+        m12 = s01 * s02 - s00 * s12
+        m22 = s00 * s11 - s01 * s01
+        inv_det = 1.0 / (s00 * m00 + s01 * m01 + s02 * m02)
+        a0 = (m00 * c0 + m01 * c1 + m02 * c2) * inv_det
+        a1 = (m01 * c0 + m11 * c1 + m12 * c2) * inv_det
+        a2 = (m02 * c0 + m12 * c1 + m22 * c2) * inv_det
+        tl.store(out, a0, mask=msk)
+        tl.store(out + HW, a1, mask=msk)
+        tl.store(out + 2 * HW, a2, mask=msk)
+        tl.store(out + 3 * HW, mp - a0 * i0 - a1 * i1 - a2 * i2, mask=msk)
+    else:
+        mI = tl.load(base, mask=msk, other=0.0)
+        mp = tl.load(base + HW, mask=msk, other=0.0)
+        mIp = tl.load(base + 2 * HW, mask=msk, other=0.0)
+        mII = tl.load(base + 3 * HW, mask=msk, other=1.0)
+        a = (mIp - mI * mp) / (mII - mI * mI + eps)
+        tl.store(out, a, mask=msk)
+        tl.store(out + HW, mp - a * mI, mask=msk)
+
+
+@triton.jit
+def _gf_out_kernel(I_ptr, mab_ptr, q_ptr, C, HW, G: tl.constexpr, KA: tl.constexpr, BLOCK: tl.constexpr):
+    # q = sum_g mean_a_g I_g + mean_b, for plane pl = b * C + c
+    pl = tl.program_id(1).to(tl.int64)
+    b = pl // C
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    msk = i < HW
+    m = mab_ptr + pl * KA * HW + i
+    q = tl.load(m + (KA - 1) * HW, mask=msk, other=0.0)
+    for g in tl.static_range(G):
+        Iv = tl.load(I_ptr + (b * G + g) * HW + i, mask=msk, other=0.0)
+        if I_ptr.dtype.element_ty != tl.float64:
+            Iv = Iv.to(tl.float32)  # half: through float32 (the interpreter converts bf16 wrongly)
+        Iv = Iv.to(q.dtype)
+        q += tl.load(m + g * HW, mask=msk, other=0.0) * Iv
+    if q_ptr.dtype.element_ty != tl.float64:
+        q = q.to(tl.float32)
+    tl.store(q_ptr + pl * HW + i, q.to(q_ptr.dtype.element_ty), mask=msk)
+
+
 def guided_filter(I, p, r, eps):
-    """Guided filter q of p [B,C,H,W] by I [B,1|3,H,W] (same dtype), p's dtype."""
-    from ..reference import filters as ref  # the formulas; the box filters are the kernels above
+    """Guided filter q of p [B,C,H,W] by I [B,1|3,H,W] (same dtype), p's dtype: statistics planes
+    (PyTorch products), Triton box filter of all of them at once, Triton coefficient kernel,
+    Triton box filter of a and b, Triton output kernel."""
     cdt = torch.float64 if p.dtype == torch.float64 else torch.float32
+    q = torch.empty_like(p, memory_format=torch.contiguous_format)
     if p.numel() == 0:
-        return torch.empty_like(p, memory_format=torch.contiguous_format)
+        return q
+    B, C, H, W = p.shape
+    G = I.shape[1]
+    HW = H * W
     Ic, pc = I.to(cdt).contiguous(), p.to(cdt).contiguous()
-    ma, mb = ref.guided_coefficients(Ic, pc, r, eps, box=lambda x, rr: box_filter(x, rr))
-    return ref.combine(Ic, ma, mb).to(p.dtype).contiguous()
+    Ie = Ic[:, None].expand(B, C, G, H, W)
+    pe = pc[:, :, None]
+    if G == 1:
+        stats = torch.cat([Ie, pe, Ie * pe, Ie * Ie], 2)  # [B, C, 4, H, W]
+    else:
+        prods = [Ie[:, :, i:i + 1] * Ie[:, :, j:j + 1] for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))]
+        stats = torch.cat([Ie] + prods + [pe, Ie * pe], 2)  # [B, C, 13, H, W]
+    K = stats.shape[2]
+    KA = 2 if G == 1 else 4
+    means = box_filter(stats.reshape(B * C * K, 1, H, W), r)
+    ab = torch.empty((B * C * KA, 1, H, W), dtype=cdt, device=p.device)
+    BLOCK = block_size(HW)
+    grid = (triton.cdiv(HW, BLOCK), B * C)
+    _gf_coeff_kernel[grid](means, ab, HW, eps, K=K, KA=KA, COLOR=G == 3, BLOCK=BLOCK)
+    mab = box_filter(ab, r)
+    _gf_out_kernel[grid](I.contiguous(), mab, q, C, HW, G=G, KA=KA, BLOCK=BLOCK)
+    return q

@@ -132,7 +132,7 @@ def guided_filter(guide, src, r=60, eps=1e-3, subsample=1, *, backend="auto"):
     align_corners=False)`` and applied to the full-resolution guide.
 
     Args:
-        guide: I, [B,1,H,W] or [B,3,H,W], floating (cast to src's compute dtype), values in [0, 1].
+        guide: I, [B,1,H,W] or [B,3,H,W], floating (cast to src's dtype), values in [0, 1].
         src: p, [B,C,H,W] (any C), floating; the output has its dtype.
         r: box radius in pixels, int >= 0 (DCP uses 60 on full-size photos).
         eps: regularisation, float > 0, in squared intensity units (1e-3 for DCP).

@@ -132,10 +132,11 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, r: int = 60, eps: floa
     ``subsample_radius(r, s)``, upsampled to H x W by ``F.interpolate(mode="bilinear",
     align_corners=False)`` and combined with the full-resolution guide.
 
-    Computed in float32 for half inputs (float64 for float64) and returned in src's dtype.
+    The guide is cast to src's dtype; computed in float32 for half inputs (float64 for float64)
+    and returned in src's dtype.
     """
     dt = compute_dtype(src)
-    I = guide.to(dt)
+    I = guide.to(src.dtype).to(dt)  # the guide takes src's dtype first (as the fused kernels read it)
     p = src.to(dt)
     if subsample == 1:
         ma, mb = guided_coefficients(I, p, r, eps, box)
