@@ -172,6 +172,17 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
         const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
         const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
         const op_t c = cp[l];
+        scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
+        if (Kr == 1) {  // one negative (AECR-Net): a single pass, no buffer
+          const scalar_t* n0 = s.n[l * s.K].const_data_ptr<scalar_t>() + i0;
+          const op_t c0 = cn[l] * wp[0];
+          for (int64_t i = 0; i < n; ++i) {
+            const op_t av = static_cast<op_t>(a[i]);
+            out[i] = static_cast<scalar_t>(c * cm::sign(av - static_cast<op_t>(p[i])) -
+                                           c0 * cm::sign(av - static_cast<op_t>(n0[i])));
+          }
+          continue;
+        }
         for (int64_t i = 0; i < n; ++i)
           buf[i] = c * cm::sign(static_cast<op_t>(a[i]) - static_cast<op_t>(p[i]));
         for (int64_t k = 0; k < Kr; ++k) {
@@ -179,7 +190,6 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
           const op_t ck = cn[l] * wp[k];
           for (int64_t i = 0; i < n; ++i) buf[i] -= ck * cm::sign(static_cast<op_t>(a[i]) - static_cast<op_t>(nk[i]));
         }
-        scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
         for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(buf[i]);
       }
     });

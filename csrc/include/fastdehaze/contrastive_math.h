@@ -13,7 +13,7 @@ namespace contrastive_math {
 // sign(x) with sign(0) = 0 and sign(NaN) = 0: the gradient torch gives abs (torch.sign).
 template <typename T>
 FD_HD T sign(T x) {
-  return T(x > T(0)) - T(x < T(0));
+  return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
 }
 
 // D = sum_k w_k d_k + eps, with d = dists row of one layer: d[0] = d(a,p), d[1 + k] = d(a,n_k).
