@@ -80,16 +80,13 @@ void hseg(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64
       out[j * K + k] = v;
     }
     const int64_t xin = x + r + 1, xout = x - r;
-    if (xin < xb)
-      for (int k = 0; k < K; ++k) {
-        acc[k] += s[(xin - xa) * K + k];
-        if (NANS) cnt[k] += bad[(xin - xa) * K + k];
-      }
-    if (xout >= xa)
-      for (int k = 0; k < K; ++k) {
-        acc[k] -= s[(xout - xa) * K + k];
-        if (NANS) cnt[k] -= bad[(xout - xa) * K + k];
-      }
+    const bool din = xin < xb, dout = xout >= xa;
+    for (int k = 0; k < K; ++k) {
+      // one dependent add per step: the entering-minus-leaving difference is off the chain
+      const double d = (din ? s[(xin - xa) * K + k] : 0.0) - (dout ? s[(xout - xa) * K + k] : 0.0);
+      acc[k] += d;
+      if (NANS) cnt[k] += (din ? bad[(xin - xa) * K + k] : 0) - (dout ? bad[(xout - xa) * K + k] : 0);
+    }
   }
 }
 
@@ -155,6 +152,17 @@ void strip_pass(Strip<K, op_t>& st, int64_t pl, int64_t H, int64_t W, int64_t r,
       for (int64_t j = 0; j < L; ++j)
         if (st.cnt[j] > 0) m[j] = static_cast<op_t>(NAN);
     emit(pl, y, x0, n, static_cast<const op_t*>(m));
+    if (!NANS && !adjoint && y - r >= 0 && y + r + 1 < H) {
+      // common case, one sweep: acc += entering row - leaving row (the leaving row is read
+      // before row_in overwrites its ring slot, so keep it in the scratch m first)
+      const op_t* old = st.ring.data() + ((y - r) % R) * L;
+      std::copy(old, old + L, m);
+      row_in(y + r + 1);
+      const op_t* nw = st.ring.data() + ((y + r + 1) % R) * L;
+      double* acc = st.acc.data();
+      for (int64_t j = 0; j < L; ++j) acc[j] += static_cast<double>(nw[j]) - static_cast<double>(m[j]);
+      continue;
+    }
     if (y - r >= 0) vadd(y - r, -1.0);  // leaves first: row y + r + 1 takes its ring slot
     if (y + r + 1 < H) {
       row_in(y + r + 1);
