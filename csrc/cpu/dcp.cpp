@@ -481,10 +481,12 @@ void box_means(int64_t H, int64_t W, int64_t r, M* V /* NM * H * W */, const Src
       }
     }
   });
+  std::vector<double> inv_cx(W);  // 1 / (pixels of the clipped window along the row)
+  for (int64_t x = 0; x < W; ++x) inv_cx[x] = 1.0 / static_cast<double>(dm::win_hi(x, r, W) - dm::win_lo(x, r) + 1);
   at::parallel_for(0, H, 8, [&](int64_t y0, int64_t y1) {
     std::vector<M> means(NM * W);
     for (int64_t y = y0; y < y1; ++y) {
-      const double cy = static_cast<double>(dm::win_hi(y, r, H) - dm::win_lo(y, r) + 1);
+      const double icy = 1.0 / static_cast<double>(dm::win_hi(y, r, H) - dm::win_lo(y, r) + 1);
       double s[NM];
       for (int k = 0; k < NM; ++k) s[k] = 0.0;
       const M* vr[NM];
@@ -498,7 +500,7 @@ void box_means(int64_t H, int64_t W, int64_t r, M* V /* NM * H * W */, const Src
           if (x - r - 1 >= 0)
             for (int k = 0; k < NM; ++k) s[k] -= vr[k][x - r - 1];
         }
-        const double inv = 1.0 / (cy * static_cast<double>(dm::win_hi(x, r, W) - dm::win_lo(x, r) + 1));
+        const double inv = icy * inv_cx[x];
         for (int k = 0; k < NM; ++k) means[k * W + x] = static_cast<M>(s[k] * inv);
       }
       fn(y, static_cast<const M*>(means.data()));
