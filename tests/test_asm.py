@@ -529,3 +529,14 @@ def test_cpu_exp_accuracy_full_range(dtype):
     assert ((t.double() - ref).abs()[ref < tiny] <= tiny * eps * 2).all()  # subnormal range: absolute
     assert torch.equal(t[~normal & ~(ref < tiny)].isnan(), ref[~normal & ~(ref < tiny)].isnan())
     assert t[-8].isnan() and t[-7] == float("inf") and t[-6] == 0 and t[-5] == 1
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_cpu_large_float32_streaming_path(name):
+    """float32 outputs of >= 8 MiB take the C++ kernels' streaming-store path (write_block);
+    H*W = 703000 puts the channel planes off 64-byte alignment (peeled head and tail)."""
+    case = make_case(name, (1, 3, 1000, 703), mc=1)
+    case.tensors = {k: v.float().double() for k, v in case.tensors.items()}
+    out, ref, _, _ = run_case(case, "cpu", "cpu", dtype=torch.float32, grads=False)
+    assert out.nbytes >= 8 << 20 or name == "transmission_from_depth"
+    torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=2e-6)

@@ -213,8 +213,8 @@ def _nonnegative(x, name: str) -> None:
     if isinstance(x, torch.Tensor):
         if not x.numel() or not _checks.value_checks_enabled(x):
             return
-        m = float(x.amin())  # NaN if x has a NaN: then look at the other values
-        if m < 0 or (m != m and bool((x < 0).any())):
+        m = float(x.detach().amin())  # NaN if x has a NaN: then look at the other values
+        if m < 0 or (m != m and bool((x.detach() < 0).any())):
             raise ValueError(f"{name} must be >= 0 (found negative values)")
     else:
         _checks.nonnegative(x, name)
@@ -256,7 +256,10 @@ def transmission_from_depth(depth, beta, *, backend="auto"):
     Returns:
         t [B,C',H,W] in depth's dtype, values in [0, 1] (exp underflows to 0 for a large beta d);
         C' = beta's channel count if beta is per-channel, else depth's. Gradients flow to depth
-        (-beta t) and beta (-d t, summed over the pixels a beta value covers).
+        (-beta t) and beta (-d t, summed over the pixels a beta value covers). The C++ CPU
+        kernel computes the float32 exp with a vectorised polynomial (asm_math.h ``exp_host``,
+        within 2 ulp of expf, subnormals, inf and NaN as expf); float64 uses ``exp``. Autocast
+        does not touch this op: it runs in depth's dtype.
 
     Raises:
         TypeError: depth not a floating tensor; beta not a float or floating tensor.
@@ -302,7 +305,8 @@ def synthesize_haze(J, A, *, t=None, depth=None, beta=None, backend="auto"):
 
     Returns:
         I [B,C,H,W] in J's dtype. Gradients flow to J (t), t (J - A), A (1 - t), and through
-        t = exp(-beta d) to depth and beta.
+        t = exp(-beta d) to depth and beta. Autocast does not touch this op: it runs in J's
+        dtype.
 
     Raises:
         TypeError: a non-tensor or non-floating J/t/depth, a non-float/tensor A or beta.
@@ -358,7 +362,8 @@ def recompose_k(I, K, b=1.0, *, backend="auto"):
 
     Returns:
         J [B,C,H,W] in I's dtype (not clamped; AOD-Net applies a ReLU after). Gradients flow to
-        I (K), K (I - 1) and b (1, summed over the pixels a b value covers).
+        I (K), K (I - 1) and b (1, summed over the pixels a b value covers). Autocast does not
+        touch this op: it runs in I's dtype.
 
     Raises:
         TypeError: a non-tensor or non-floating I/K, a non-float/tensor b.
