@@ -3,21 +3,44 @@
 // Layout: the features of a layer are read in the memory order of the anchor (a dense anchor,
 // e.g. channels_last, is not copied; a positive or negative with other strides is copied once
 // into the anchor's layout). Work is split into tasks of kChunk elements over all layers at
-// once; a task sums |a - p| and each |a - n_k| over its chunk with kLanes independent
-// accumulators (compute type: float for float/half/bfloat16, double for double) folded
-// pairwise, and the per-task partial sums are added in double, serially in task order
-// (deterministic). The backward is one more pass computing
-//   dL/da = cp sign(a - p) - cn sum_k w_k sign(a - n_k)
-// with per-layer coefficients from contrastive_math.h; no |a - p| temporaries are stored.
+// once (one flat task list, so the five VGG layers of very different sizes are one parallel
+// loop); threads take runs of kGrab consecutive tasks from a shared counter (long sequential
+// streams, and a descheduled thread on a shared machine does not hold up the others).
+//
+// Forward: one sweep per element over a, p and every negative (up to kMaxGroup negatives per
+// sweep; more negatives take further sweeps over the L1-resident chunk of a), summing |a - p|
+// and each |a - n_k| in vector-wide lane accumulators of the compute type (float for
+// float/half/bfloat16, double for double) that are folded pairwise per task; the per-task
+// partial sums are added in double, serially in task order (deterministic whatever the thread
+// schedule).
+// Backward: one sweep per element computing
+//   dL/da = cp sign(a - p) - sum_k cn w_k sign(a - n_k),   sign(x) = (x > 0) - (x < 0)
+// (branch-free, sign(0) = sign(NaN) = 0 as torch.sign's gradient of abs gives) with per-layer
+// coefficients from contrastive_math.h, writing grad_a once. No feature-size temporaries.
+// Large float32 gradients are written with streaming stores (no read-for-ownership of the
+// output), and the kernel asks Linux for transparent huge pages on large fresh gradient
+// buffers before first touch (on this kind of machine the 4 KiB page faults of a fresh 32 MiB
+// output cost more than the kernel's own memory traffic).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "fastdehaze/contrastive_math.h"
 #include "fastdehaze/cpu_utils.h"
@@ -27,8 +50,206 @@ namespace {
 
 namespace cm = contrastive_math;
 
-constexpr int64_t kChunk = 4096;
-constexpr int kLanes = 16;
+constexpr int64_t kChunk = 4096;  // elements per task (a few L1/L2-sized streams)
+constexpr int64_t kGrab = 8;      // consecutive tasks a thread takes at a time
+constexpr int kMaxGroup = 8;      // negatives handled by one sweep
+// Outputs at least this large: streaming stores (float32 on AVX-512) and a huge-page hint.
+constexpr int64_t kBigBytes = int64_t(4) << 20;
+
+// ---- 64-byte vectors of the compute type (GCC/Clang vector extensions) ------------------------
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float v __attribute__((vector_size(64)));
+  typedef int32_t m __attribute__((vector_size(64)));
+  static constexpr int W = 16;
+};
+template <>
+struct Vec<double> {
+  typedef double v __attribute__((vector_size(64)));
+  typedef int64_t m __attribute__((vector_size(64)));
+  static constexpr int W = 8;
+};
+
+template <typename op_t>
+using vec = typename Vec<op_t>::v;
+template <typename op_t>
+using mask = typename Vec<op_t>::m;
+
+template <typename op_t>
+inline vec<op_t> splat(op_t x) {
+  vec<op_t> r;
+  for (int j = 0; j < Vec<op_t>::W; ++j) r[j] = x;
+  return r;
+}
+
+// W elements of storage type scalar_t at x as a vector of op_t (unaligned).
+template <typename scalar_t, typename op_t>
+inline vec<op_t> vload(const scalar_t* __restrict__ x) {
+  vec<op_t> r;
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    std::memcpy(&r, x, sizeof(r));
+  } else {
+    op_t t[Vec<op_t>::W];
+    for (int j = 0; j < Vec<op_t>::W; ++j) t[j] = static_cast<op_t>(x[j]);
+    std::memcpy(&r, t, sizeof(r));
+  }
+  return r;
+}
+
+template <typename scalar_t, typename op_t>
+inline void vstore(scalar_t* __restrict__ out, vec<op_t> v) {
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    std::memcpy(out, &v, sizeof(v));
+  } else {
+    for (int j = 0; j < Vec<op_t>::W; ++j) out[j] = static_cast<scalar_t>(v[j]);
+  }
+}
+
+template <typename op_t>
+inline vec<op_t> vabs(vec<op_t> x) {
+  // clear the sign bit (NaN stays NaN)
+  const mask<op_t> m = ~(mask<op_t>)splat<op_t>(op_t(-0.0));
+  return (vec<op_t>)((mask<op_t>)x & m);
+}
+
+// (x > 0) - (x < 0): 1, -1, or 0 for 0 and NaN.
+template <typename op_t>
+inline vec<op_t> vsign(vec<op_t> x) {
+  const mask<op_t> one = (mask<op_t>)splat<op_t>(op_t(1));
+  const vec<op_t> zero = splat<op_t>(op_t(0));
+  return (vec<op_t>)(one & (x > zero)) - (vec<op_t>)(one & (x < zero));
+}
+
+template <typename op_t>
+inline op_t sign1(op_t x) {
+  return static_cast<op_t>(x > op_t(0)) - static_cast<op_t>(x < op_t(0));
+}
+
+template <typename op_t>
+inline op_t hsum(vec<op_t> v) {  // pairwise fold of the lanes
+  op_t t[Vec<op_t>::W];
+  std::memcpy(t, &v, sizeof(v));
+  for (int h = Vec<op_t>::W / 2; h > 0; h >>= 1)
+    for (int j = 0; j < h; ++j) t[j] += t[j + h];
+  return t[0];
+}
+
+// ---- forward sweep ------------------------------------------------------------------------------
+
+// One sweep over n elements: out[0] += sum |a - p| (when P), out[P + k] += sum |a - n_k|, k < KC.
+template <typename scalar_t, typename op_t, int KC, bool P>
+void fwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, const scalar_t* const* negs,
+               int64_t n, double* out) {
+  constexpr int W = Vec<op_t>::W;
+  const scalar_t* __restrict__ nk[KC > 0 ? KC : 1];
+  for (int k = 0; k < KC; ++k) nk[k] = negs[k];
+  vec<op_t> ap = splat<op_t>(op_t(0));
+  vec<op_t> an[KC > 0 ? KC : 1];
+  for (int k = 0; k < KC; ++k) an[k] = splat<op_t>(op_t(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const vec<op_t> av = vload<scalar_t, op_t>(a + i);
+    if constexpr (P) ap += vabs<op_t>(av - vload<scalar_t, op_t>(p + i));
+    for (int k = 0; k < KC; ++k) an[k] += vabs<op_t>(av - vload<scalar_t, op_t>(nk[k] + i));
+  }
+  op_t tp = 0, tn[KC > 0 ? KC : 1] = {};
+  for (; i < n; ++i) {
+    const op_t av = static_cast<op_t>(a[i]);
+    if constexpr (P) tp += std::abs(av - static_cast<op_t>(p[i]));
+    for (int k = 0; k < KC; ++k) tn[k] += std::abs(av - static_cast<op_t>(nk[k][i]));
+  }
+  if constexpr (P) out[0] += static_cast<double>(hsum<op_t>(ap) + tp);
+  for (int k = 0; k < KC; ++k) out[P + k] += static_cast<double>(hsum<op_t>(an[k]) + tn[k]);
+}
+
+template <typename scalar_t, typename op_t, bool P>
+void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, int64_t n, double* out) {
+  switch (kc) {
+    case 0: return fwd_sweep<scalar_t, op_t, 0, P>(a, p, negs, n, out);
+    case 1: return fwd_sweep<scalar_t, op_t, 1, P>(a, p, negs, n, out);
+    case 2: return fwd_sweep<scalar_t, op_t, 2, P>(a, p, negs, n, out);
+    case 3: return fwd_sweep<scalar_t, op_t, 3, P>(a, p, negs, n, out);
+    case 4: return fwd_sweep<scalar_t, op_t, 4, P>(a, p, negs, n, out);
+    case 5: return fwd_sweep<scalar_t, op_t, 5, P>(a, p, negs, n, out);
+    case 6: return fwd_sweep<scalar_t, op_t, 6, P>(a, p, negs, n, out);
+    case 7: return fwd_sweep<scalar_t, op_t, 7, P>(a, p, negs, n, out);
+    default: return fwd_sweep<scalar_t, op_t, 8, P>(a, p, negs, n, out);
+  }
+}
+
+// ---- backward sweep -----------------------------------------------------------------------------
+
+// r = (FIRST ? cp sign(a - p) : buf) - sum_{k < KC} c_k sign(a - n_k); stored to out (LAST,
+// streaming when STREAM) or to buf.
+template <typename scalar_t, typename op_t, int KC, bool FIRST, bool LAST, bool STREAM>
+void bwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, const scalar_t* const* negs,
+               op_t cp, const op_t* c, int64_t n, op_t* __restrict__ buf, scalar_t* __restrict__ out) {
+  constexpr int W = Vec<op_t>::W;
+  const scalar_t* __restrict__ nk[KC > 0 ? KC : 1];
+  op_t ck[KC > 0 ? KC : 1];
+  vec<op_t> vk[KC > 0 ? KC : 1];
+  for (int k = 0; k < KC; ++k) {
+    nk[k] = negs[k];
+    ck[k] = c[k];
+    vk[k] = splat<op_t>(c[k]);
+  }
+  const vec<op_t> vp = splat<op_t>(cp);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const vec<op_t> av = vload<scalar_t, op_t>(a + i);
+    vec<op_t> r;
+    if constexpr (FIRST) {
+      r = vp * vsign<op_t>(av - vload<scalar_t, op_t>(p + i));
+    } else {
+      std::memcpy(&r, buf + i, sizeof(r));
+    }
+    for (int k = 0; k < KC; ++k) r -= vk[k] * vsign<op_t>(av - vload<scalar_t, op_t>(nk[k] + i));
+    if constexpr (!LAST) {
+      std::memcpy(buf + i, &r, sizeof(r));
+    } else {
+#if defined(__AVX512F__)
+      if constexpr (STREAM && std::is_same_v<scalar_t, float>) {
+        _mm512_stream_ps(out + i, (__m512)r);  // out + i is 64-byte aligned (see caller)
+        continue;
+      }
+#endif
+      vstore<scalar_t, op_t>(out + i, r);
+    }
+  }
+  for (; i < n; ++i) {
+    const op_t av = static_cast<op_t>(a[i]);
+    op_t r = FIRST ? cp * sign1<op_t>(av - static_cast<op_t>(p[i])) : buf[i];
+    for (int k = 0; k < KC; ++k) r -= ck[k] * sign1<op_t>(av - static_cast<op_t>(nk[k][i]));
+    if constexpr (LAST) {
+      out[i] = static_cast<scalar_t>(r);
+    } else {
+      buf[i] = r;
+    }
+  }
+}
+
+template <typename scalar_t, typename op_t, bool FIRST, bool LAST, bool STREAM>
+void bwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, op_t cp, const op_t* c,
+               int64_t n, op_t* buf, scalar_t* out) {
+#define FD_BWD(KC) return bwd_sweep<scalar_t, op_t, KC, FIRST, LAST, STREAM>(a, p, negs, cp, c, n, buf, out)
+  switch (kc) {
+    case 0: FD_BWD(0);
+    case 1: FD_BWD(1);
+    case 2: FD_BWD(2);
+    case 3: FD_BWD(3);
+    case 4: FD_BWD(4);
+    case 5: FD_BWD(5);
+    case 6: FD_BWD(6);
+    case 7: FD_BWD(7);
+    default: FD_BWD(8);
+  }
+#undef FD_BWD
+}
+
+// ---- layers and tasks ---------------------------------------------------------------------------
 
 // x in the memory layout of ref (same sizes): x itself when its strides already agree.
 at::Tensor conform(const at::Tensor& x, const at::Tensor& ref) {
@@ -44,6 +265,8 @@ struct Layers {
   int64_t L = 0, K = 0;
 };
 
+// Tasks split a layer at multiples of kChunk elements from the start of its storage; a float32
+// output allocated by the CPU allocator is 64-byte aligned, so every task's output is too.
 Layers prepare(const char* op, at::TensorList anchors, at::TensorList positives, at::TensorList negatives,
                const at::Tensor& w, bool ablation, const std::vector<at::Tensor>* layout) {
   Layers s;
@@ -78,24 +301,40 @@ Layers prepare(const char* op, at::TensorList anchors, at::TensorList positives,
   return s;
 }
 
-// sum |x - y| over n elements: kLanes accumulators, folded pairwise.
-template <typename scalar_t, typename op_t>
-inline op_t abs_diff_sum(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, int64_t n) {
-  op_t acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = op_t(0);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j)
-      acc[j] += std::abs(static_cast<op_t>(x[i + j]) - static_cast<op_t>(y[i + j]));
-  for (int j = 0; i < n; ++i, ++j) acc[j] += std::abs(static_cast<op_t>(x[i]) - static_cast<op_t>(y[i]));
-  for (int h = kLanes / 2; h > 0; h >>= 1)
-    for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
-  return acc[0];
-}
-
 int64_t layer_of(const std::vector<int64_t>& task0, int64_t task) {
   return static_cast<int64_t>(std::upper_bound(task0.begin(), task0.end(), task) - task0.begin()) - 1;
 }
+
+// body(task) for every task in [0, ntask), threads taking runs of kGrab tasks from a counter.
+template <typename F>
+void for_each_task(int64_t ntask, const F& body) {
+  if (ntask <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t nthr = std::min<int64_t>(at::get_num_threads(), (ntask + kGrab - 1) / kGrab);
+  at::parallel_for(0, std::max<int64_t>(nthr, 1), 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t t0 = next.fetch_add(kGrab, std::memory_order_relaxed);
+      if (t0 >= ntask) break;
+      const int64_t t1 = std::min(ntask, t0 + kGrab);
+      for (int64_t t = t0; t < t1; ++t) body(t);
+    }
+  });
+}
+
+// Ask for transparent huge pages on the whole 2 MiB pages inside a large, not yet touched output.
+void advise_huge(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (static_cast<int64_t>(t.nbytes()) < kBigBytes) return;
+  constexpr std::uintptr_t kHuge = std::uintptr_t(2) << 20;
+  const auto b = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  const std::uintptr_t s = (b + kHuge - 1) & ~(kHuge - 1), e = (b + t.nbytes()) & ~(kHuge - 1);
+  if (e > s) (void)madvise(reinterpret_cast<void*>(s), e - s, MADV_HUGEPAGE);  // a hint: failure is harmless
+#else
+  (void)t;
+#endif
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors, at::TensorList positives,
                                                 at::TensorList negatives, const at::Tensor& lw, const at::Tensor& w,
@@ -110,17 +349,23 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
     TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<op_t>::value && lw.scalar_type() == w.scalar_type(),
                 "fastdehaze::", op, ": weights have the wrong compute dtype");
     const int64_t ntask = s.task0.back();
-    const int64_t Qr = ablation ? 1 : Q;  // columns actually computed
+    const int64_t Kr = ablation ? 0 : s.K;
+    const int64_t Qr = 1 + Kr;  // columns actually computed
     std::vector<double> part(static_cast<size_t>(ntask * Qr), 0.0);
-    at::parallel_for(0, ntask, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t l = layer_of(s.task0, task);
-        const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
-        const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
-        part[task * Qr] = abs_diff_sum<scalar_t, op_t>(a, s.p[l].const_data_ptr<scalar_t>() + i0, n);
-        for (int64_t k = 0; k + 1 < Qr; ++k)
-          part[task * Qr + 1 + k] =
-              abs_diff_sum<scalar_t, op_t>(a, s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0, n);
+    for_each_task(ntask, [&](int64_t task) {
+      const int64_t l = layer_of(s.task0, task);
+      const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
+      const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
+      const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
+      const scalar_t* negs[kMaxGroup];
+      double* out = part.data() + task * Qr;
+      for (int64_t k0 = 0; k0 == 0 || k0 < Kr; k0 += kMaxGroup) {
+        const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
+        for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
+        if (k0 == 0)
+          fwd_group<scalar_t, op_t, true>(kc, a, p, negs, n, out);
+        else
+          fwd_group<scalar_t, op_t, false>(kc, a, p, negs, n, out + 1 + k0);
       }
     });
     op_t* dp = dists.mutable_data_ptr<op_t>();
@@ -147,7 +392,10 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
                                       at::TensorList positives, at::TensorList negatives, const at::Tensor& lw,
                                       const at::Tensor& w, const at::Tensor& dists, double eps, bool ablation) {
   std::vector<at::Tensor> grads;
-  for (const auto& a : anchors) grads.push_back(at::empty_like(a));
+  for (const auto& a : anchors) {
+    grads.push_back(at::empty_like(a));
+    advise_huge(grads.back());
+  }
   const Layers s = prepare(op, anchors, positives, negatives, w, ablation, &grads);
   const int64_t Q = 1 + s.K;
   TORCH_CHECK(dists.dim() == 2 && dists.size(0) == s.L && dists.size(1) == Q, "fastdehaze::", op,
@@ -159,40 +407,57 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
     const op_t* wp = w.const_data_ptr<op_t>();
     const op_t* lwp = lw.const_data_ptr<op_t>();
     const op_t g = grad.to(w.scalar_type()).item<op_t>();
-    std::vector<op_t> cp(s.L), cn(s.L);
-    for (int64_t l = 0; l < s.L; ++l)
+    const int64_t Kr = ablation ? 0 : s.K;
+    // coef[l * K + k] = cn_l w_k; cp[l]
+    std::vector<op_t> cp(s.L), cn(s.L), coef(static_cast<size_t>(s.L * std::max<int64_t>(Kr, 1)));
+    std::vector<char> stream(s.L, 0);
+    bool any_stream = false;
+    for (int64_t l = 0; l < s.L; ++l) {
       cm::grad_coefs<op_t>(dp + l * Q, wp, s.K, static_cast<op_t>(eps), lwp[l], ablation, g,
                            static_cast<op_t>(s.N[l]), cp[l], cn[l]);
-    const int64_t Kr = ablation ? 0 : s.K;
-    at::parallel_for(0, s.task0.back(), 1, [&](int64_t begin, int64_t end) {
-      op_t buf[kChunk];
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t l = layer_of(s.task0, task);
-        const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
-        const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
-        const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
-        const op_t c = cp[l];
-        scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
-        if (Kr == 1) {  // one negative (AECR-Net): a single pass, no buffer
-          const scalar_t* n0 = s.n[l * s.K].const_data_ptr<scalar_t>() + i0;
-          const op_t c0 = cn[l] * wp[0];
-          for (int64_t i = 0; i < n; ++i) {
-            const op_t av = static_cast<op_t>(a[i]);
-            out[i] = static_cast<scalar_t>(c * cm::sign(av - static_cast<op_t>(p[i])) -
-                                           c0 * cm::sign(av - static_cast<op_t>(n0[i])));
-          }
-          continue;
-        }
-        for (int64_t i = 0; i < n; ++i)
-          buf[i] = c * cm::sign(static_cast<op_t>(a[i]) - static_cast<op_t>(p[i]));
-        for (int64_t k = 0; k < Kr; ++k) {
-          const scalar_t* nk = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
-          const op_t ck = cn[l] * wp[k];
-          for (int64_t i = 0; i < n; ++i) buf[i] -= ck * cm::sign(static_cast<op_t>(a[i]) - static_cast<op_t>(nk[i]));
-        }
-        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(buf[i]);
+      for (int64_t k = 0; k < Kr; ++k) coef[l * Kr + k] = cn[l] * wp[k];
+      // streaming stores need 64-byte aligned task starts (kChunk floats are a multiple of 64 B)
+      stream[l] = std::is_same_v<scalar_t, float> && static_cast<int64_t>(grads[l].nbytes()) >= kBigBytes &&
+                  (reinterpret_cast<std::uintptr_t>(grads[l].const_data_ptr()) & 63) == 0;
+      any_stream = any_stream || stream[l];
+    }
+    for_each_task(s.task0.back(), [&](int64_t task) {
+      const int64_t l = layer_of(s.task0, task);
+      const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
+      const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
+      const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
+      scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
+      const op_t* c = coef.data() + l * Kr;
+      const scalar_t* negs[kMaxGroup];
+      if (Kr <= kMaxGroup) {  // the usual case: one sweep
+        for (int64_t k = 0; k < Kr; ++k) negs[k] = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
+        const int kc = static_cast<int>(Kr);
+        if (stream[l])
+          bwd_group<scalar_t, op_t, true, true, true>(kc, a, p, negs, cp[l], c, n, nullptr, out);
+        else
+          bwd_group<scalar_t, op_t, true, true, false>(kc, a, p, negs, cp[l], c, n, nullptr, out);
+        return;
+      }
+      alignas(64) op_t buf[kChunk];  // more than kMaxGroup negatives: partial sums in L1
+      for (int64_t k0 = 0; k0 < Kr; k0 += kMaxGroup) {
+        const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
+        for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
+        const bool first = k0 == 0, last = k0 + kMaxGroup >= Kr;
+        if (first)
+          bwd_group<scalar_t, op_t, true, false, false>(kc, a, p, negs, cp[l], c, n, buf, out);
+        else if (!last)
+          bwd_group<scalar_t, op_t, false, false, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+        else if (stream[l])
+          bwd_group<scalar_t, op_t, false, true, true>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+        else
+          bwd_group<scalar_t, op_t, false, true, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
       }
     });
+#if defined(__AVX512F__)
+    if (any_stream) _mm_sfence();  // make the streaming stores visible before the grads are read
+#else
+    (void)any_stream;
+#endif
   });
   return grads;
 }
