@@ -39,9 +39,12 @@ template <typename scalar_t>
 bool has_nonfinite(const scalar_t* x, int64_t n) {
   std::atomic<bool> bad{false};
   at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-    float z = 0.f;
-    for (int64_t i = b; i < e; ++i) z += static_cast<float>(x[i]) * 0.f;  // NaN iff a value is not finite
-    if (z != 0.f) bad.store(true, std::memory_order_relaxed);
+    bool ok = true;
+    for (int64_t i = b; i < e; ++i) {
+      const float v = static_cast<float>(x[i]);
+      ok &= (v - v == 0.f);  // false iff v is NaN or +-inf (an and-reduction: vectorises)
+    }
+    if (!ok) bad.store(true, std::memory_order_relaxed);
   });
   return bad.load();
 }
@@ -59,8 +62,8 @@ struct Strip {
 };
 
 // Horizontal window sums of row segment s (columns [xa, xb)) for output columns [x0, x0 + n).
-template <int K, bool NANS, typename op_t>
-void hseg(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64_t r, int64_t xa, int64_t xb,
+template <int K, bool NANS, typename in_t, typename op_t>
+void hseg(const in_t* s, const unsigned char* bad, op_t* out, int64_t W, int64_t r, int64_t xa, int64_t xb,
           int64_t x0, int64_t n, const double* icw, bool adjoint) {
   double acc[K];
   int cnt[K];
@@ -68,7 +71,7 @@ void hseg(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64
   const int64_t lo0 = std::max<int64_t>(0, x0 - r), hi0 = std::min(W - 1, x0 + r);
   for (int64_t x = lo0; x <= hi0; ++x)
     for (int k = 0; k < K; ++k) {
-      acc[k] += s[(x - xa) * K + k];
+      acc[k] += static_cast<double>(s[(x - xa) * K + k]);
       if (NANS) cnt[k] += bad[(x - xa) * K + k];
     }
   for (int64_t j = 0; j < n; ++j) {
@@ -83,7 +86,8 @@ void hseg(const double* s, const unsigned char* bad, op_t* out, int64_t W, int64
     const bool din = xin < xb, dout = xout >= xa;
     for (int k = 0; k < K; ++k) {
       // one dependent add per step: the entering-minus-leaving difference is off the chain
-      const double d = (din ? s[(xin - xa) * K + k] : 0.0) - (dout ? s[(xout - xa) * K + k] : 0.0);
+      const double d = (din ? static_cast<double>(s[(xin - xa) * K + k]) : 0.0) -
+                       (dout ? static_cast<double>(s[(xout - xa) * K + k]) : 0.0);
       acc[k] += d;
       if (NANS) cnt[k] += (din ? bad[(xin - xa) * K + k] : 0) - (dout ? bad[(xout - xa) * K + k] : 0);
     }
@@ -108,10 +112,15 @@ void strip_pass(Strip<K, op_t>& st, int64_t pl, int64_t H, int64_t W, int64_t r,
     st.cnt.assign(L, 0);
   }
   auto row_in = [&](int64_t y) {  // horizontal means of row y into its ring slot
-    load_seg(pl, y, xa, xb, st.line.data());
+    const op_t* line = load_seg(pl, y, xa, xb, st.line.data());
+    op_t* slot = st.ring.data() + (y % R) * L;
+    if (!NANS && !adjoint) {  // common case: sum the op_t values directly into float64
+      hseg<K, false>(line, nullptr, slot, W, r, xa, xb, x0, n, icw, false);
+      return;
+    }
     for (int64_t x = xa; x < xb; ++x)
       for (int k = 0; k < K; ++k) {
-        double v = static_cast<double>(st.line[(x - xa) * K + k]);
+        double v = static_cast<double>(line[(x - xa) * K + k]);
         if (NANS) {
           const bool b = !std::isfinite(v);
           st.bad[(x - xa) * K + k] = b;
@@ -119,7 +128,6 @@ void strip_pass(Strip<K, op_t>& st, int64_t pl, int64_t H, int64_t W, int64_t r,
         }
         st.s[(x - xa) * K + k] = adjoint ? v * icw[x] : v;
       }
-    op_t* slot = st.ring.data() + (y % R) * L;
     hseg<K, NANS>(st.s.data(), st.bad.data(), slot, W, r, xa, xb, x0, n, icw, adjoint);
   };
   auto vadd = [&](int64_t y, double sgn) {
@@ -172,14 +180,16 @@ void strip_pass(Strip<K, op_t>& st, int64_t pl, int64_t H, int64_t W, int64_t r,
 }
 
 // Box-filters K planes-worth of values per pixel for P planes of H x W: load_seg(pl, y, xa, xb,
-// line) gives line[(x - xa) * K + k] for x in [xa, xb); emit(pl, y, x0, n, m) receives the K box
+// buf) returns a pointer to line[(x - xa) * K + k] for x in [xa, xb) (filled into buf, or in place); emit(pl, y, x0, n, m) receives the K box
 // means of the row segment [x0, x0 + n) as m[(x - x0) * K + k]. adjoint: box sums of value / count.
 // nans: the inputs may hold NaN/inf (slower path that counts them in every window).
 // Tasks = (plane, column strip), run in parallel; float64 running sums restarted per strip.
 template <int K, typename op_t, typename LoadSeg, typename Emit>
 void box_engine(int64_t P, int64_t H, int64_t W, int64_t r, bool adjoint, bool nans, LoadSeg load_seg, Emit emit) {
   const std::vector<double> icw = inverse_counts(W, r), ich = inverse_counts(H, r);
-  int64_t S = 256;
+  // strip width: the ring of 2r + 1 rows of S x K means stays within ~640 KB (L2), S in [64, 1024]
+  const int64_t ringrow = K * static_cast<int64_t>(sizeof(op_t)) * std::min(H, 2 * r + 1);
+  int64_t S = std::max<int64_t>(64, std::min<int64_t>(1024, (640 * 1024 / ringrow) / 16 * 16));
   const int64_t want = 2 * at::get_num_threads();
   if (P * ((W + S - 1) / S) < want) S = std::max<int64_t>(64, (W * P + want - 1) / want);
   const int64_t nstrip = (W + S - 1) / S;
@@ -210,6 +220,7 @@ at::Tensor box_common(const at::Tensor& x, int64_t r, bool adjoint, const char* 
         [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
           const scalar_t* src = xp + pl * HW + y * W;
           for (int64_t i = xa; i < xb; ++i) line[i - xa] = static_cast<op_t>(src[i]);
+          return static_cast<const op_t*>(line);
         },
         [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
           scalar_t* dst = op + pl * HW + y * W + x0;
@@ -249,7 +260,8 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
     std::atomic<bool> ab_bad{false};  // a or b not finite (NaN/inf input, or var + eps == 0)
     if (G == 1) {
       // pass 1: means of I, p, I p, I I -> a, b (stored [P][H][W][2]); pass 2: means of a, b -> q
-      std::vector<op_t> ab(static_cast<size_t>(P * HW * 2));
+      auto ab_t = at::empty({P * HW * 2}, pc.options().dtype(c10::CppTypeToScalarType<op_t>::value));
+      op_t* ab = ab_t.mutable_data_ptr<op_t>();  // a, b interleaved per pixel (not zero-filled)
       box_engine<4, op_t>(
           P, H, W, r, false, nans,
           [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
@@ -260,9 +272,10 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
               op_t* l = line + (x - xa) * 4;
               l[0] = iv, l[1] = pv, l[2] = iv * pv, l[3] = iv * iv;
             }
+            return static_cast<const op_t*>(line);
           },
           [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
-            op_t* o = ab.data() + (pl * HW + y * W + x0) * 2;
+            op_t* o = ab + (pl * HW + y * W + x0) * 2;
             op_t z = 0;
             for (int64_t i = 0; i < n; ++i) {
               fm::gray_coeffs(m[i * 4 + 0], m[i * 4 + 1], m[i * 4 + 2], m[i * 4 + 3], e, o[i * 2], o[i * 2 + 1]);
@@ -272,9 +285,8 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
           });
       box_engine<2, op_t>(
           P, H, W, r, false, nans || ab_bad.load(),
-          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
-            const op_t* src = ab.data() + (pl * HW + y * W) * 2;
-            std::copy(src + xa * 2, src + xb * 2, line);
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t*) {
+            return static_cast<const op_t*>(ab + (pl * HW + y * W + xa) * 2);  // read in place
           },
           [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
             const scalar_t* Ir = Ip + (pl / C) * HW + y * W + x0;
@@ -283,7 +295,8 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
           });
     } else {
       // pass 1: 13 means (I0..2, the 6 products I_i I_j, p, I_g p) -> a0..2, b; pass 2: 4 means -> q
-      std::vector<op_t> ab(static_cast<size_t>(P * HW * 4));
+      auto ab_t = at::empty({P * HW * 4}, pc.options().dtype(c10::CppTypeToScalarType<op_t>::value));
+      op_t* ab = ab_t.mutable_data_ptr<op_t>();  // a, b interleaved per pixel (not zero-filled)
       box_engine<13, op_t>(
           P, H, W, r, false, nans,
           [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
@@ -297,9 +310,10 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
               l[3] = i0 * i0, l[4] = i0 * i1, l[5] = i0 * i2, l[6] = i1 * i1, l[7] = i1 * i2, l[8] = i2 * i2;
               l[9] = pv, l[10] = i0 * pv, l[11] = i1 * pv, l[12] = i2 * pv;
             }
+            return static_cast<const op_t*>(line);
           },
           [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
-            op_t* o = ab.data() + (pl * HW + y * W + x0) * 4;
+            op_t* o = ab + (pl * HW + y * W + x0) * 4;
             op_t z = 0;
             for (int64_t i = 0; i < n; ++i) {
               const op_t* mm = m + i * 13;
@@ -310,9 +324,8 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
           });
       box_engine<4, op_t>(
           P, H, W, r, false, nans || ab_bad.load(),
-          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
-            const op_t* src = ab.data() + (pl * HW + y * W) * 4;
-            std::copy(src + xa * 4, src + xb * 4, line);
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t*) {
+            return static_cast<const op_t*>(ab + (pl * HW + y * W + xa) * 4);  // read in place
           },
           [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
             const scalar_t* Ir = Ip + (pl / C) * 3 * HW + y * W + x0;
