@@ -190,9 +190,14 @@ void box_engine(int64_t P, int64_t H, int64_t W, int64_t r, bool adjoint, bool n
   // strip width: the ring of 2r + 1 rows of S x K means stays within ~640 KB (L2), S in [64, 1024]
   const int64_t ringrow = K * static_cast<int64_t>(sizeof(op_t)) * std::min(H, 2 * r + 1);
   int64_t S = std::max<int64_t>(64, std::min<int64_t>(1024, (640 * 1024 / ringrow) / 16 * 16));
-  const int64_t want = 2 * at::get_num_threads();
+  const int64_t T = at::get_num_threads(), want = 2 * T;
   if (P * ((W + S - 1) / S) < want) S = std::max<int64_t>(64, (W * P + want - 1) / want);
-  const int64_t nstrip = (W + S - 1) / S;
+  int64_t nstrip = (W + S - 1) / S;
+  if (P < T && nstrip > 1 && nstrip % T != 0) {  // equal strips, a multiple of the threads: balanced
+    nstrip = (nstrip + T - 1) / T * T;
+    S = (W + nstrip - 1) / nstrip;
+    nstrip = (W + S - 1) / S;
+  }
   at::parallel_for(0, P * nstrip, 1, [&](int64_t t0, int64_t t1) {
     Strip<K, op_t> st;
     for (int64_t t = t0; t < t1; ++t) {
