@@ -135,7 +135,7 @@ def test_asm_cpu(benchmark, name, provider, shape):
         fn = lambda: c(x)  # noqa: E731
     benchmark.group = f"{name} f32 {_label(shape)}"
     benchmark.extra_info["GB"] = min_bytes(name, x) / 1e9
-    benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(fn, rounds=30, iterations=1, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("provider", ["fused", "eager", "compile"])

@@ -54,6 +54,7 @@ inline void write_block(scalar_t* __restrict__ dst, int64_t n, bool stream, cons
   }
 #endif
   (void)stream;
+#pragma GCC ivdep
   for (int64_t p = 0; p < n; ++p) dst[p] = static_cast<scalar_t>(f(p));
 }
 
@@ -140,12 +141,12 @@ at::Tensor recover_cpu(const at::Tensor& I, const at::Tensor& t, const at::Tenso
       const scalar_t* __restrict__ tr = tp + moff;
       if (clamp) {
         write_block(Jp + off, n, stream, [&](int64_t p) {
-          const op_t inv = op_t(1) / am::clamp_t(static_cast<op_t>(tr[p]), t0v);
-          return am::clamp_out(am::recover(static_cast<op_t>(Ir[p]), inv, Av), olo, ohi);
+          return am::clamp_out(am::recover_div(static_cast<op_t>(Ir[p]), am::clamp_t(static_cast<op_t>(tr[p]), t0v), Av),
+                               olo, ohi);
         });
       } else {
         write_block(Jp + off, n, stream, [&](int64_t p) {
-          return am::recover(static_cast<op_t>(Ir[p]), op_t(1) / am::clamp_t(static_cast<op_t>(tr[p]), t0v), Av);
+          return am::recover_div(static_cast<op_t>(Ir[p]), am::clamp_t(static_cast<op_t>(tr[p]), t0v), Av);
         });
       }
     });
