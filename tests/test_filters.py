@@ -306,3 +306,13 @@ def test_guided_bad_input():
         ops.guided_filter(I, p.to(torch.int32))
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.guided_filter(I, p, backend="gpu")
+
+
+def test_guided_radius0(backend_device):
+    # r = 0: every mean is the pixel itself, var = cov = 0, a = 0, q = p
+    b, dev = backend_device
+    I, p = rand(1, 3, 5, 6, device=dev), rand(1, 2, 5, 6, device=dev, seed=1)
+    for G in (1, 3):
+        q = ops.guided_filter(I[:, :G], p, 0, 1e-2, backend=b)
+        close(q, R.guided_filter(I[:, :G], p, 0, 1e-2))
+        close(q, p, 1e-12)
