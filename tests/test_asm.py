@@ -540,3 +540,19 @@ def test_cpu_large_float32_streaming_path(name):
     out, ref, _, _ = run_case(case, "cpu", "cpu", dtype=torch.float32, grads=False)
     assert out.nbytes >= 8 << 20 or name == "transmission_from_depth"
     torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_opcheck_backward_ops(name):
+    """The registered backward ops (C++ and Triton), on gradients of the forward samples."""
+    fused = FUSED[name]
+    ns = torch.ops.fastdehaze
+    ops = {"native": getattr(ns, f"{name}_backward").default, "triton": getattr(ns, f"{name}_backward_triton").default}
+    for args in _opcheck_samples(name)[:2] + _opcheck_samples(name)[-1:]:
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        out = fused("cpu", *args)
+        grad = torch.randn(out.shape, dtype=out.dtype)
+        n_grads = 2 if name == "transmission_from_depth" else 3  # needs_* flags after the forward arguments
+        for flags in [(True,) * n_grads, (False,) + (True,) * (n_grads - 1)]:
+            for op in ops.values():
+                torch.library.opcheck(op, (grad, *args, *flags))
