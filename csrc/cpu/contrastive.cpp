@@ -17,10 +17,10 @@
 //   dL/da = cp sign(a - p) - sum_k cn w_k sign(a - n_k),   sign(x) = (x > 0) - (x < 0)
 // (branch-free, sign(0) = sign(NaN) = 0 as torch.sign's gradient of abs gives) with per-layer
 // coefficients from contrastive_math.h, writing grad_a once. No feature-size temporaries.
-// Large float32 gradients are written with streaming stores (no read-for-ownership of the
-// output), and the kernel asks Linux for transparent huge pages on large fresh gradient
-// buffers before first touch (on this kind of machine the 4 KiB page faults of a fresh 32 MiB
-// output cost more than the kernel's own memory traffic).
+// The kernel asks Linux for transparent huge pages on large fresh gradient buffers before
+// first touch: on the VMs measured the 4 KiB page faults of a fresh 32 MiB output cost about
+// as much as the sweep's own memory traffic. (Streaming stores for the gradient were measured
+// too: no gain for 6 negatives, slower for 1, as the freshly zeroed huge page is cache-hot.)
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
@@ -35,9 +35,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -53,7 +50,7 @@ namespace cm = contrastive_math;
 constexpr int64_t kChunk = 4096;  // elements per task (a few L1/L2-sized streams)
 constexpr int64_t kGrab = 8;      // consecutive tasks a thread takes at a time
 constexpr int kMaxGroup = 8;      // negatives handled by one sweep
-// Outputs at least this large: streaming stores (float32 on AVX-512) and a huge-page hint.
+// Outputs at least this large get the huge-page hint.
 constexpr int64_t kBigBytes = int64_t(4) << 20;
 
 // ---- 64-byte vectors of the compute type (GCC/Clang vector extensions) ------------------------
@@ -182,9 +179,9 @@ void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* con
 
 // ---- backward sweep -----------------------------------------------------------------------------
 
-// r = (FIRST ? cp sign(a - p) : buf) - sum_{k < KC} c_k sign(a - n_k); stored to out (LAST,
-// streaming when STREAM) or to buf.
-template <typename scalar_t, typename op_t, int KC, bool FIRST, bool LAST, bool STREAM>
+// r = (FIRST ? cp sign(a - p) : buf) - sum_{k < KC} c_k sign(a - n_k); stored to out (LAST)
+// or to buf.
+template <typename scalar_t, typename op_t, int KC, bool FIRST, bool LAST>
 void bwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, const scalar_t* const* negs,
                op_t cp, const op_t* c, int64_t n, op_t* __restrict__ buf, scalar_t* __restrict__ out) {
   constexpr int W = Vec<op_t>::W;
@@ -207,16 +204,10 @@ void bwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, c
       std::memcpy(&r, buf + i, sizeof(r));
     }
     for (int k = 0; k < KC; ++k) r -= vk[k] * vsign<op_t>(av - vload<scalar_t, op_t>(nk[k] + i));
-    if constexpr (!LAST) {
-      std::memcpy(buf + i, &r, sizeof(r));
-    } else {
-#if defined(__AVX512F__)
-      if constexpr (STREAM && std::is_same_v<scalar_t, float>) {
-        _mm512_stream_ps(out + i, (__m512)r);  // out + i is 64-byte aligned (see caller)
-        continue;
-      }
-#endif
+    if constexpr (LAST) {
       vstore<scalar_t, op_t>(out + i, r);
+    } else {
+      std::memcpy(buf + i, &r, sizeof(r));
     }
   }
   for (; i < n; ++i) {
@@ -231,10 +222,10 @@ void bwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, c
   }
 }
 
-template <typename scalar_t, typename op_t, bool FIRST, bool LAST, bool STREAM>
+template <typename scalar_t, typename op_t, bool FIRST, bool LAST>
 void bwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, op_t cp, const op_t* c,
                int64_t n, op_t* buf, scalar_t* out) {
-#define FD_BWD(KC) return bwd_sweep<scalar_t, op_t, KC, FIRST, LAST, STREAM>(a, p, negs, cp, c, n, buf, out)
+#define FD_BWD(KC) return bwd_sweep<scalar_t, op_t, KC, FIRST, LAST>(a, p, negs, cp, c, n, buf, out)
   switch (kc) {
     case 0: FD_BWD(0);
     case 1: FD_BWD(1);
@@ -410,16 +401,10 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
     const int64_t Kr = ablation ? 0 : s.K;
     // coef[l * K + k] = cn_l w_k; cp[l]
     std::vector<op_t> cp(s.L), cn(s.L), coef(static_cast<size_t>(s.L * std::max<int64_t>(Kr, 1)));
-    std::vector<char> stream(s.L, 0);
-    bool any_stream = false;
     for (int64_t l = 0; l < s.L; ++l) {
       cm::grad_coefs<op_t>(dp + l * Q, wp, s.K, static_cast<op_t>(eps), lwp[l], ablation, g,
                            static_cast<op_t>(s.N[l]), cp[l], cn[l]);
       for (int64_t k = 0; k < Kr; ++k) coef[l * Kr + k] = cn[l] * wp[k];
-      // streaming stores need 64-byte aligned task starts (kChunk floats are a multiple of 64 B)
-      stream[l] = std::is_same_v<scalar_t, float> && static_cast<int64_t>(grads[l].nbytes()) >= kBigBytes &&
-                  (reinterpret_cast<std::uintptr_t>(grads[l].const_data_ptr()) & 63) == 0;
-      any_stream = any_stream || stream[l];
     }
     for_each_task(s.task0.back(), [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
@@ -431,33 +416,21 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
       const scalar_t* negs[kMaxGroup];
       if (Kr <= kMaxGroup) {  // the usual case: one sweep
         for (int64_t k = 0; k < Kr; ++k) negs[k] = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
-        const int kc = static_cast<int>(Kr);
-        if (stream[l])
-          bwd_group<scalar_t, op_t, true, true, true>(kc, a, p, negs, cp[l], c, n, nullptr, out);
-        else
-          bwd_group<scalar_t, op_t, true, true, false>(kc, a, p, negs, cp[l], c, n, nullptr, out);
+        bwd_group<scalar_t, op_t, true, true>(static_cast<int>(Kr), a, p, negs, cp[l], c, n, nullptr, out);
         return;
       }
-      alignas(64) op_t buf[kChunk];  // more than kMaxGroup negatives: partial sums in L1
+      alignas(64) op_t buf[kChunk];  // more than kMaxGroup negatives: partial results in L1
       for (int64_t k0 = 0; k0 < Kr; k0 += kMaxGroup) {
         const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
         for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
-        const bool first = k0 == 0, last = k0 + kMaxGroup >= Kr;
-        if (first)
-          bwd_group<scalar_t, op_t, true, false, false>(kc, a, p, negs, cp[l], c, n, buf, out);
-        else if (!last)
-          bwd_group<scalar_t, op_t, false, false, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
-        else if (stream[l])
-          bwd_group<scalar_t, op_t, false, true, true>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+        if (k0 == 0)
+          bwd_group<scalar_t, op_t, true, false>(kc, a, p, negs, cp[l], c, n, buf, out);
+        else if (k0 + kMaxGroup < Kr)
+          bwd_group<scalar_t, op_t, false, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
         else
-          bwd_group<scalar_t, op_t, false, true, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+          bwd_group<scalar_t, op_t, false, true>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
       }
     });
-#if defined(__AVX512F__)
-    if (any_stream) _mm_sfence();  // make the streaming stores visible before the grads are read
-#else
-    (void)any_stream;
-#endif
   });
   return grads;
 }
