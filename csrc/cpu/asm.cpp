@@ -83,14 +83,18 @@ constexpr int64_t kPlaneChunk = 16384;
 // body(b, c, off, moff, n): off indexes the image-shaped tensors, moff the map (Cm channels).
 template <typename F>
 void for_each_plane_chunk(int64_t B, int64_t C, int64_t HW, int64_t Cm, const F& body) {
-  const int64_t nchunk = (HW + kPlaneChunk - 1) / kPlaneChunk;
+  // As few chunks per plane as give every thread about 4 tasks (longer runs: fewer prefetch
+  // stream restarts), but at least kPlaneChunk pixels each.
+  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B * C - 1) / std::max<int64_t>(1, B * C));
+  const int64_t chunk = std::max(kPlaneChunk, ((HW + want - 1) / want + 15) / 16 * 16);
+  const int64_t nchunk = (HW + chunk - 1) / chunk;
   at::parallel_for(0, B * C * nchunk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       // task = (b, chunk, c): the channels of one chunk run back to back, so that a shared map
       // chunk (64 KiB of float) is re-read from L2.
       const int64_t b = task / (nchunk * C), rem = task % (nchunk * C);
-      const int64_t c = rem % C, p0 = (rem / C) * kPlaneChunk;
-      body(b, c, (b * C + c) * HW + p0, (b * Cm + (Cm == 1 ? 0 : c)) * HW + p0, std::min(kPlaneChunk, HW - p0));
+      const int64_t c = rem % C, p0 = (rem / C) * chunk;
+      body(b, c, (b * C + c) * HW + p0, (b * Cm + (Cm == 1 ? 0 : c)) * HW + p0, std::min(chunk, HW - p0));
     }
     stream_fence();  // the bodies may have used streaming stores (write_block)
   });
