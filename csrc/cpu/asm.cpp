@@ -73,11 +73,12 @@ inline bool use_stream(const at::Tensor& out) {
   return out.scalar_type() == at::kFloat && static_cast<int64_t>(out.nbytes()) >= threshold;
 }
 
-// Forward kernels split each (image, channel) plane into chunks of kPlaneChunk pixels, one task
-// per (image, chunk, channel), a single vectorised pass each: every task reads and writes long
-// sequential runs (64 KiB of float), which the hardware prefetchers follow (2048-pixel blocks
-// hopping between the channel planes measured about 30% slower), and a shared map chunk (t,
-// depth, K [B,1,H,W]) is re-read by the next channel's task from L2.
+// Forward kernels split each (image, channel) plane into chunks of at least kPlaneChunk pixels
+// (whole planes when there are enough of them to keep every thread busy), one task per (image,
+// chunk, channel), a single vectorised pass each: every task reads and writes long sequential
+// runs, which the hardware prefetchers follow (2048-pixel blocks hopping between the channel
+// planes measured about 30% slower), and a shared map chunk (t, depth, K [B,1,H,W]) is re-read
+// by the next channel's task from cache.
 constexpr int64_t kPlaneChunk = 16384;
 
 // body(b, c, off, moff, n): off indexes the image-shaped tensors, moff the map (Cm channels).
