@@ -6,7 +6,7 @@ Cases (CPU, float32, one run, grouped per case so that the ratios come from one 
 [1,3,256,256] and [8,3,512,512] with a one-channel t / depth / K map and [B,3,1,1] parameters:
 
 * ``recover``: J = (I - A) / max(t, t0) + A (forward; and forward + backward at the large size);
-* ``synthesize_haze`` from t, and from depth + beta;
+* ``synthesize_haze`` from t, and from depth + beta (one fused pass: t is not written);
 * ``transmission_from_depth``;
 * ``recompose_k`` (AOD-Net).
 

@@ -333,3 +333,89 @@ def recompose_k_backward(grad, I, K, b, needs_I, needs_K, needs_b):
         grad, I, K, b.contiguous(), gI if needs_I else I, gK if needs_K else K, gb if needs_b else b, C, H * W,
         MAP_PER_CHANNEL=K.shape[1] != 1, NEEDS_I=needs_I, NEEDS_K=needs_K, NEEDS_B=needs_b, BLOCK=BLOCK)
     return gI, gK, gb
+
+
+# ---- synthesize_haze from depth, one pass ------------------------------------------------------
+
+@triton.jit
+def _synthesize_depth_kernel(J_ptr, d_ptr, A_ptr, beta_ptr, I_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    cdt = A_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            dv = tl.load(d_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        A = tl.load(A_ptr + b * C + c)
+        tv = tl.exp(-tl.load(beta_ptr + b * C + c) * dv)
+        off = (b * C + c) * HW + p
+        Jv = tl.load(J_ptr + off, mask=m, other=0.0).to(cdt)
+        tl.store(I_ptr + off, ((Jv - A) * tv + A).to(I_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _synthesize_depth_backward_kernel(g_ptr, J_ptr, d_ptr, A_ptr, beta_ptr, gJ_ptr, gd_ptr, gA_ptr, gb_ptr, C, HW,
+                                      MAP_PER_CHANNEL: tl.constexpr, NEEDS_J: tl.constexpr, NEEDS_D: tl.constexpr,
+                                      NEEDS_A: tl.constexpr, NEEDS_BETA: tl.constexpr, BLOCK: tl.constexpr):
+    cdt = A_ptr.dtype.element_ty
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < HW
+    acc = tl.zeros([BLOCK], dtype=cdt)
+    dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
+    for c in range(C):
+        if MAP_PER_CHANNEL:
+            dv = tl.load(d_ptr + (b * C + c) * HW + p, mask=m, other=0.0).to(cdt)
+        A = tl.load(A_ptr + b * C + c)
+        beta = tl.load(beta_ptr + b * C + c)
+        tv = tl.exp(-beta * dv)
+        off = (b * C + c) * HW + p
+        Jv = tl.load(J_ptr + off, mask=m, other=0.0).to(cdt)
+        g = tl.load(g_ptr + off, mask=m, other=0.0).to(cdt)
+        if NEEDS_J:
+            tl.store(gJ_ptr + off, (g * tv).to(gJ_ptr.dtype.element_ty), mask=m)
+        gt = g * (Jv - A)  # dL/dt
+        dd = -beta * tv * gt
+        if MAP_PER_CHANNEL:
+            if NEEDS_D:
+                tl.store(gd_ptr + off, dd.to(gd_ptr.dtype.element_ty), mask=m)
+        else:
+            acc += dd
+        if NEEDS_A:
+            tl.atomic_add(gA_ptr + b * C + c, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
+        if NEEDS_BETA:
+            tl.atomic_add(gb_ptr + b * C + c, tl.sum(tl.where(m, -dv * tv * gt, 0.0), axis=0))
+    if NEEDS_D and not MAP_PER_CHANNEL:
+        tl.store(gd_ptr + b * HW + p, acc.to(gd_ptr.dtype.element_ty), mask=m)
+
+
+def synthesize_haze_depth(J, depth, A, beta):
+    """I [B,C,H,W] = (J - A) t + A with t = exp(-beta d), in one pass."""
+    J, depth = J.contiguous(), depth.contiguous()
+    I = torch.empty_like(J, memory_format=torch.contiguous_format)
+    B, C, H, W = J.shape
+    if I.numel() == 0:
+        return I
+    BLOCK = block_size(H * W)
+    _synthesize_depth_kernel[(triton.cdiv(H * W, BLOCK), B)](J, depth, A.contiguous(), beta.contiguous(), I, C, H * W,
+                                                             MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
+    return I
+
+
+def synthesize_haze_depth_backward(grad, J, depth, A, beta, needs_J, needs_depth, needs_A, needs_beta):
+    J, depth, grad = J.contiguous(), depth.contiguous(), grad.contiguous()
+    B, C, H, W = J.shape
+    gJ, gd = _grad_buffers(J, needs_J), _grad_buffers(depth, needs_depth)
+    gA, gb = _grad_param(A, B, C, needs_A), _grad_param(beta, B, C, needs_beta)
+    if J.numel() == 0 or not (needs_J or needs_depth or needs_A or needs_beta):
+        if needs_depth:
+            gd.zero_()
+        return gJ, gd, gA, gb
+    BLOCK = block_size(H * W)
+    _synthesize_depth_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
+        grad, J, depth, A.contiguous(), beta.contiguous(), gJ if needs_J else J, gd if needs_depth else depth,
+        gA if needs_A else A, gb if needs_beta else beta, C, H * W, MAP_PER_CHANNEL=depth.shape[1] != 1,
+        NEEDS_J=needs_J, NEEDS_D=needs_depth, NEEDS_A=needs_A, NEEDS_BETA=needs_beta, BLOCK=BLOCK)
+    return gJ, gd, gA, gb

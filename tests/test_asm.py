@@ -16,10 +16,11 @@ from fastdehaze.ops import asm as ops_asm
 from fastdehaze.reference import asm as R
 
 F64 = torch.float64
-OPS = ("synthesize_haze", "transmission_from_depth", "recover", "recompose_k")
+OPS = ("synthesize_haze", "synthesize_haze_depth", "transmission_from_depth", "recover", "recompose_k")
 # The registered ops of the family, forward and backward (their Triton twins are "<name>_triton"
 # and "<name>_backward_triton").
 FUSED = {"recover": ops_asm._recover, "synthesize_haze": ops_asm._synthesize,
+         "synthesize_haze_depth": ops_asm._synthesize_depth,
          "transmission_from_depth": ops_asm._transmission, "recompose_k": ops_asm._recompose}
 
 
@@ -448,6 +449,8 @@ def _opcheck_samples(name):
                         (r(img()), r(pix(C)), bc(), bc(), 0.0, 1.0, True)]
         elif name == "synthesize_haze":
             samples += [(r(img()), r(pix()), r(bc())), (img(), r(pix(C)), r(bc()))]
+        elif name == "synthesize_haze_depth":
+            samples += [(r(img()), r(pix()), r(bc()), r(bc())), (img(), r(pix(C)), bc(), r(bc()))]
         elif name == "transmission_from_depth":
             samples += [(r(pix()), r(bc())), (r(pix(C)), bc()), (pix(), r(_rand(g, (B, 1))))]
         elif name == "recompose_k":
@@ -552,7 +555,7 @@ def test_opcheck_backward_ops(name):
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         out = fused("cpu", *args)
         grad = torch.randn(out.shape, dtype=out.dtype)
-        n_grads = 2 if name == "transmission_from_depth" else 3  # needs_* flags after the forward arguments
+        n_grads = {"transmission_from_depth": 2, "synthesize_haze_depth": 4}.get(name, 3)  # needs_* flags
         for flags in [(True,) * n_grads, (False,) + (True,) * (n_grads - 1)]:
             for op in ops.values():
                 torch.library.opcheck(op, (grad, *args, *flags))

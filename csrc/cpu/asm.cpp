@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -268,12 +269,14 @@ void for_each_block(const Layout& d, const F& body) {
 }
 
 // Backward walk: body(b, c, off, moff, n, acc) adds the map gradient of channel c into acc[0..n)
-// (summed over the channels when Cm == 1) and returns the block's partial sum of the parameter
-// gradient of (b, c). The map gradient is written to gM (if not null), the parameter gradient,
-// reduced serially over the blocks (deterministic), to gP (if not null).
+// (summed over the channels when Cm == 1) and returns the block's partial sums of the gradients
+// of the (b, c) parameters (up to two: {P, P2}). The map gradient is written to gM (if not
+// null), the parameter gradients, reduced serially over the blocks (deterministic), to gP and
+// gP2 (each if not null).
 template <typename op_t, typename scalar_t, typename F>
-void for_each_block_backward(const Layout& d, scalar_t* gM, op_t* gP, const F& body) {
-  std::vector<op_t> part(gP ? d.B * d.nblk * d.C : 0, op_t(0));
+void for_each_block_backward(const Layout& d, scalar_t* gM, op_t* gP, op_t* gP2, const F& body) {
+  const bool want = gP != nullptr || gP2 != nullptr;
+  std::vector<std::pair<op_t, op_t>> part(want ? d.B * d.nblk * d.C : 0, {op_t(0), op_t(0)});
   at::parallel_for(0, d.B * d.nblk, 1, [&](int64_t begin, int64_t end) {
     op_t acc[kBwdBlock];
     for (int64_t task = begin; task < end; ++task) {
@@ -283,8 +286,8 @@ void for_each_block_backward(const Layout& d, scalar_t* gM, op_t* gP, const F& b
       for (int64_t c = 0; c < d.C; ++c) {
         const int64_t moff = (b * d.Cm + (d.Cm == 1 ? 0 : c)) * d.HW + p0;
         if (d.Cm != 1) std::fill(acc, acc + n, op_t(0));
-        const op_t s = body(b, c, (b * d.C + c) * d.HW + p0, moff, n, acc);
-        if (gP) part[(b * d.nblk + blk) * d.C + c] = s;
+        const std::pair<op_t, op_t> s = body(b, c, (b * d.C + c) * d.HW + p0, moff, n, acc);
+        if (want) part[(b * d.nblk + blk) * d.C + c] = s;
         if (gM && d.Cm != 1)
           for (int64_t p = 0; p < n; ++p) gM[moff + p] = static_cast<scalar_t>(acc[p]);
       }
@@ -292,12 +295,16 @@ void for_each_block_backward(const Layout& d, scalar_t* gM, op_t* gP, const F& b
         for (int64_t p = 0; p < n; ++p) gM[b * d.HW + p0 + p] = static_cast<scalar_t>(acc[p]);
     }
   });
-  if (gP)
+  if (want)
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t c = 0; c < d.C; ++c) {
-        op_t s = 0;
-        for (int64_t k = 0; k < d.nblk; ++k) s += part[(b * d.nblk + k) * d.C + c];
-        gP[b * d.C + c] = s;
+        op_t s1 = 0, s2 = 0;
+        for (int64_t k = 0; k < d.nblk; ++k) {
+          s1 += part[(b * d.nblk + k) * d.C + c].first;
+          s2 += part[(b * d.nblk + k) * d.C + c].second;
+        }
+        if (gP) gP[b * d.C + c] = s1;
+        if (gP2) gP2[b * d.C + c] = s2;
       }
 }
 
@@ -353,7 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> synthesize_haze_backward_cpu(cons
     const op_t* Ap = Ac.const_data_ptr<op_t>();
     scalar_t* gJp = needs_J ? gJ.mutable_data_ptr<scalar_t>() : nullptr;
     for_each_block_backward<op_t, scalar_t>(
-        d, needs_t ? gt.mutable_data_ptr<scalar_t>() : nullptr, needs_A ? gA.mutable_data_ptr<op_t>() : nullptr,
+        d, needs_t ? gt.mutable_data_ptr<scalar_t>() : nullptr, needs_A ? gA.mutable_data_ptr<op_t>() : nullptr, nullptr,
         [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
           const op_t Av = Ap[b * d.C + c];
           const scalar_t* __restrict__ gr = gp + off;
@@ -369,10 +376,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> synthesize_haze_backward_cpu(cons
             acc[p] += g * am::synthesize_dt(static_cast<op_t>(Jr[p]), Av);
             sA += g * am::synthesize_dA(static_cast<op_t>(tr[p]));
           }
-          return sA;
+          return std::pair<op_t, op_t>{sA, op_t(0)};
         });
   });
   return {gJ, gt, gA};
+}
+
+// Synthesis straight from depth in one pass: I = (J - A) t + A, t = exp(-beta d) per channel.
+at::Tensor synthesize_haze_depth_cpu(const at::Tensor& J, const at::Tensor& depth, const at::Tensor& A,
+                                     const at::Tensor& beta) {
+  const Layout d = image_layout("synthesize_haze_depth", J, depth, A);
+  TORCH_CHECK(beta.numel() == d.B * d.C && beta.scalar_type() == A.scalar_type(),
+              "fastdehaze::synthesize_haze_depth: beta must be [B,C] like A");
+  auto Jc = J.contiguous(), dc = depth.contiguous(), Ac = A.contiguous(), bc = beta.contiguous();
+  auto out = at::empty_like(Jc, at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_depth_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("synthesize_haze_depth", A);
+    const scalar_t* Jp = Jc.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dc.const_data_ptr<scalar_t>();
+    const op_t* Ap = Ac.const_data_ptr<op_t>();
+    const op_t* bp = bc.const_data_ptr<op_t>();
+    scalar_t* Ip = out.mutable_data_ptr<scalar_t>();
+    const bool stream = use_stream(out);
+    for_each_block(d, [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n) {
+      const op_t Av = Ap[b * d.C + c], bv = bp[b * d.C + c];
+      const scalar_t* __restrict__ Jr = Jp + off;
+      const scalar_t* __restrict__ dr = dp + moff;
+      write_block(Ip + off, n, stream, [&](int64_t p) {
+        return am::synthesize(static_cast<op_t>(Jr[p]), am::transmission(static_cast<op_t>(dr[p]), bv), Av);
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> synthesize_haze_depth_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& J, const at::Tensor& depth, const at::Tensor& A, const at::Tensor& beta,
+    bool needs_J, bool needs_depth, bool needs_A, bool needs_beta) {
+  const Layout d = image_layout("synthesize_haze_depth_backward", J, depth, A);
+  TORCH_CHECK(beta.numel() == d.B * d.C && beta.scalar_type() == A.scalar_type(),
+              "fastdehaze::synthesize_haze_depth_backward: beta must be [B,C] like A");
+  auto gc = grad.contiguous(), Jc = J.contiguous(), dc = depth.contiguous(), Ac = A.contiguous(), bc = beta.contiguous();
+  auto gJ = grad_like(Jc, needs_J), gd = grad_like(dc, needs_depth);
+  auto gA = grad_param(d, A, needs_A), gb = grad_param(d, beta, needs_beta);
+  if (Jc.numel() == 0 || !(needs_J || needs_depth || needs_A || needs_beta)) {
+    if (needs_A) gA.zero_();
+    if (needs_beta) gb.zero_();
+    if (needs_depth) gd.zero_();
+    return {gJ, gd, gA, gb};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_depth_backward_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    check_param_dtype<scalar_t>("synthesize_haze_depth_backward", A);
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* Jp = Jc.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dc.const_data_ptr<scalar_t>();
+    const op_t* Ap = Ac.const_data_ptr<op_t>();
+    const op_t* bp = bc.const_data_ptr<op_t>();
+    scalar_t* gJp = needs_J ? gJ.mutable_data_ptr<scalar_t>() : nullptr;
+    for_each_block_backward<op_t, scalar_t>(
+        d, needs_depth ? gd.mutable_data_ptr<scalar_t>() : nullptr, needs_A ? gA.mutable_data_ptr<op_t>() : nullptr,
+        needs_beta ? gb.mutable_data_ptr<op_t>() : nullptr,
+        [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
+          const op_t Av = Ap[b * d.C + c], bv = bp[b * d.C + c];
+          const scalar_t* __restrict__ gr = gp + off;
+          const scalar_t* __restrict__ Jr = Jp + off;
+          const scalar_t* __restrict__ dr = dp + moff;
+          op_t sA = 0, sb = 0;
+          for (int64_t p = 0; p < n; ++p) {
+            const op_t g = static_cast<op_t>(gr[p]), dv = static_cast<op_t>(dr[p]);
+            const op_t tv = am::transmission(dv, bv);
+            const op_t gt = g * am::synthesize_dt(static_cast<op_t>(Jr[p]), Av);  // dL/dt
+            if (gJp) gJp[off + p] = static_cast<scalar_t>(g * tv);
+            acc[p] += gt * am::transmission_dd(tv, bv);
+            sA += g * am::synthesize_dA(tv);
+            sb += gt * am::transmission_dbeta(tv, dv);
+          }
+          return std::pair<op_t, op_t>{sA, sb};
+        });
+  });
+  return {gJ, gd, gA, gb};
 }
 
 at::Tensor transmission_from_depth_cpu(const at::Tensor& depth, const at::Tensor& beta) {
@@ -420,7 +505,7 @@ std::tuple<at::Tensor, at::Tensor> transmission_from_depth_backward_cpu(const at
     const scalar_t* dp = dc.const_data_ptr<scalar_t>();
     const op_t* bp = bc.const_data_ptr<op_t>();
     for_each_block_backward<op_t, scalar_t>(
-        d, needs_depth ? gd.mutable_data_ptr<scalar_t>() : nullptr, needs_beta ? gb.mutable_data_ptr<op_t>() : nullptr,
+        d, needs_depth ? gd.mutable_data_ptr<scalar_t>() : nullptr, needs_beta ? gb.mutable_data_ptr<op_t>() : nullptr, nullptr,
         [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
           const op_t bv = bp[b * d.C + c];
           const scalar_t* __restrict__ gr = gp + off;
@@ -432,7 +517,7 @@ std::tuple<at::Tensor, at::Tensor> transmission_from_depth_backward_cpu(const at
             acc[p] += gt * am::transmission_dd(op_t(1), bv);
             sb += gt * am::transmission_dbeta(op_t(1), dv);
           }
-          return sb;
+          return std::pair<op_t, op_t>{sb, op_t(0)};
         });
   });
   return {gd, gb};
@@ -481,7 +566,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recompose_k_backward_cpu(const at
     const scalar_t* Kp = Kc.const_data_ptr<scalar_t>();
     scalar_t* gIp = needs_I ? gI.mutable_data_ptr<scalar_t>() : nullptr;
     for_each_block_backward<op_t, scalar_t>(
-        d, needs_K ? gK.mutable_data_ptr<scalar_t>() : nullptr, needs_b ? gb.mutable_data_ptr<op_t>() : nullptr,
+        d, needs_K ? gK.mutable_data_ptr<scalar_t>() : nullptr, needs_b ? gb.mutable_data_ptr<op_t>() : nullptr, nullptr,
         [&](int64_t b, int64_t c, int64_t off, int64_t moff, int64_t n, op_t* __restrict__ acc) {
           const scalar_t* __restrict__ gr = gp + off;
           const scalar_t* __restrict__ Ir = Ip + off;
@@ -496,7 +581,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recompose_k_backward_cpu(const at
             acc[p] += g * am::recompose_k_dK(static_cast<op_t>(Ir[p]));
             sb += g;
           }
-          return sb;
+          return std::pair<op_t, op_t>{sb, op_t(0)};
         });
   });
   return {gI, gK, gb};
@@ -509,6 +594,8 @@ TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
   m.impl("recover_backward", &recover_backward_cpu);
   m.impl("synthesize_haze", &synthesize_haze_cpu);
   m.impl("synthesize_haze_backward", &synthesize_haze_backward_cpu);
+  m.impl("synthesize_haze_depth", &synthesize_haze_depth_cpu);
+  m.impl("synthesize_haze_depth_backward", &synthesize_haze_depth_backward_cpu);
   m.impl("transmission_from_depth", &transmission_from_depth_cpu);
   m.impl("transmission_from_depth_backward", &transmission_from_depth_backward_cpu);
   m.impl("recompose_k", &recompose_k_cpu);

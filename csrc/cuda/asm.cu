@@ -116,6 +116,62 @@ __global__ void synthesize_backward_kernel(const T* __restrict__ grad, const T* 
   if (active && gt && Ct == 1) store(gt + b * HW + p, acc_t);
 }
 
+// Synthesis from depth in one pass: t = exp(-beta d) per channel, never stored.
+template <typename T>
+__global__ void synthesize_depth_kernel(const T* __restrict__ J, const T* __restrict__ depth,
+                                        const opmath<T>* __restrict__ A, const opmath<T>* __restrict__ beta,
+                                        T* __restrict__ I, int64_t C, int64_t HW, int64_t Cd) {
+  using op_t = opmath<T>;
+  const int64_t b = blockIdx.y;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= HW) return;
+  op_t dv = load(depth + b * Cd * HW + p);
+  for (int64_t c = 0; c < C; ++c) {
+    if (Cd != 1 && c > 0) dv = load(map_at(depth, b, c, Cd, HW, p));
+    const int64_t off = (b * C + c) * HW + p;
+    store(I + off, am::synthesize(load(J + off), am::transmission(dv, beta[b * C + c]), A[b * C + c]));
+  }
+}
+
+template <typename T>
+__global__ void synthesize_depth_backward_kernel(const T* __restrict__ grad, const T* __restrict__ J,
+                                                 const T* __restrict__ depth, const opmath<T>* __restrict__ A,
+                                                 const opmath<T>* __restrict__ beta, T* __restrict__ gJ,
+                                                 T* __restrict__ gd, opmath<T>* __restrict__ gA,
+                                                 opmath<T>* __restrict__ gbeta, int64_t C, int64_t HW, int64_t Cd) {
+  using op_t = opmath<T>;
+  const int64_t b = blockIdx.y;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool active = p < HW;
+  op_t acc_d = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    op_t sA = 0, sb = 0;
+    if (active) {
+      const op_t dv = load(map_at(depth, b, c, Cd, HW, p));
+      const op_t Av = A[b * C + c], bv = beta[b * C + c];
+      const op_t tv = am::transmission(dv, bv);
+      const int64_t off = (b * C + c) * HW + p;
+      const op_t g = load(grad + off);
+      if (gJ) store(gJ + off, g * tv);
+      const op_t gt = g * am::synthesize_dt(load(J + off), Av);  // dL/dt
+      const op_t dd = gt * am::transmission_dd(tv, bv);
+      if (Cd == 1) acc_d += dd;
+      else if (gd) store(gd + off, dd);
+      sA = g * am::synthesize_dA(tv);
+      sb = gt * am::transmission_dbeta(tv, dv);
+    }
+    if (gA) {
+      sA = block_sum(sA);
+      if (threadIdx.x == 0) atomicAdd(gA + b * C + c, sA);
+    }
+    if (gbeta) {
+      sb = block_sum(sb);
+      if (threadIdx.x == 0) atomicAdd(gbeta + b * C + c, sb);
+    }
+  }
+  if (active && gd && Cd == 1) store(gd + b * HW + p, acc_d);
+}
+
 template <typename T>
 __global__ void transmission_kernel(const T* __restrict__ depth, const opmath<T>* __restrict__ beta, T* __restrict__ t,
                                     int64_t C, int64_t HW, int64_t Cd) {
@@ -239,6 +295,22 @@ void synthesize_haze_backward_cuda_launch(const T* grad, const T* J, const T* t,
 }
 
 template <typename T>
+void synthesize_haze_depth_cuda_launch(const T* J, const T* depth, const opmath<T>* A, const opmath<T>* beta, T* I,
+                                       int64_t B, int64_t C, int64_t HW, int64_t Cd, cudaStream_t stream) {
+  if (B == 0 || C == 0 || HW == 0) return;
+  synthesize_depth_kernel<T><<<grid_for(B, HW), kThreads, 0, stream>>>(J, depth, A, beta, I, C, HW, Cd);
+}
+
+template <typename T>
+void synthesize_haze_depth_backward_cuda_launch(const T* grad, const T* J, const T* depth, const opmath<T>* A,
+                                                const opmath<T>* beta, T* gJ, T* gd, opmath<T>* gA, opmath<T>* gbeta,
+                                                int64_t B, int64_t C, int64_t HW, int64_t Cd, cudaStream_t stream) {
+  if (B == 0 || C == 0 || HW == 0) return;
+  synthesize_depth_backward_kernel<T><<<grid_for(B, HW), kThreads, 0, stream>>>(grad, J, depth, A, beta, gJ, gd, gA,
+                                                                                 gbeta, C, HW, Cd);
+}
+
+template <typename T>
 void transmission_from_depth_cuda_launch(const T* depth, const opmath<T>* beta, T* t, int64_t B, int64_t C, int64_t HW,
                                          int64_t Cd, cudaStream_t stream) {
   if (B == 0 || C == 0 || HW == 0) return;
@@ -277,6 +349,11 @@ void recompose_k_backward_cuda_launch(const T* grad, const T* I, const T* K, T* 
                                                int64_t, cudaStream_t);                                                \
   template void synthesize_haze_backward_cuda_launch<T>(const T*, const T*, const T*, const opmath<T>*, T*, T*,        \
                                                         opmath<T>*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
+  template void synthesize_haze_depth_cuda_launch<T>(const T*, const T*, const opmath<T>*, const opmath<T>*, T*,     \
+                                                     int64_t, int64_t, int64_t, int64_t, cudaStream_t);              \
+  template void synthesize_haze_depth_backward_cuda_launch<T>(const T*, const T*, const T*, const opmath<T>*,         \
+                                                              const opmath<T>*, T*, T*, opmath<T>*, opmath<T>*,       \
+                                                              int64_t, int64_t, int64_t, int64_t, cudaStream_t);      \
   template void transmission_from_depth_cuda_launch<T>(const T*, const opmath<T>*, T*, int64_t, int64_t, int64_t,      \
                                                        int64_t, cudaStream_t);                                        \
   template void transmission_from_depth_backward_cuda_launch<T>(const T*, const T*, const opmath<T>*, T*, opmath<T>*,  \

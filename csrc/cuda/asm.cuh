@@ -26,6 +26,16 @@ void synthesize_haze_backward_cuda_launch(const T* grad, const T* J, const T* t,
                                           opmath<T>* gA, int64_t B, int64_t C, int64_t HW, int64_t Ct,
                                           cudaStream_t stream);
 
+// Synthesis from depth in one pass: I = (J - A) exp(-beta d) + A; depth has Cd = 1 or C channels.
+template <typename T>
+void synthesize_haze_depth_cuda_launch(const T* J, const T* depth, const opmath<T>* A, const opmath<T>* beta, T* I,
+                                       int64_t B, int64_t C, int64_t HW, int64_t Cd, cudaStream_t stream);
+// gA/gbeta zero-filled when not null; gJ/gd may be null.
+template <typename T>
+void synthesize_haze_depth_backward_cuda_launch(const T* grad, const T* J, const T* depth, const opmath<T>* A,
+                                                const opmath<T>* beta, T* gJ, T* gd, opmath<T>* gA, opmath<T>* gbeta,
+                                                int64_t B, int64_t C, int64_t HW, int64_t Cd, cudaStream_t stream);
+
 // t [B,C,HW] = exp(-beta d); depth has Cd = 1 or C channels; beta [B,C].
 template <typename T>
 void transmission_from_depth_cuda_launch(const T* depth, const opmath<T>* beta, T* t, int64_t B, int64_t C, int64_t HW,

@@ -115,6 +115,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> synthesize_haze_backward_cuda(con
   return {gJ, gt, gA};
 }
 
+at::Tensor synthesize_haze_depth_cuda(const at::Tensor& J, const at::Tensor& depth, const at::Tensor& A,
+                                      const at::Tensor& beta) {
+  check_image_map("synthesize_haze_depth", J, depth, A);
+  TORCH_CHECK(beta.numel() == A.numel() && beta.scalar_type() == A.scalar_type(),
+              "fastdehaze::synthesize_haze_depth: beta must be [B,C] like A");
+  c10::cuda::CUDAGuard guard(J.device());
+  auto Jc = J.contiguous(), dc = depth.contiguous(), Ac = A.contiguous(), bc = beta.contiguous();
+  auto out = at::empty_like(Jc, at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  const int64_t B = J.size(0), C = J.size(1), HW = J.size(2) * J.size(3);
+  auto stream = c10::cuda::getCurrentCUDAStream(J.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_depth_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    synthesize_haze_depth_cuda_launch<T>(ptr<const T>(Jc), ptr<const T>(dc), ptr<const opmath<T>>(Ac),
+                                         ptr<const opmath<T>>(bc), ptr<T>(out), B, C, HW, dc.size(1), stream);
+  });
+  check_launch("synthesize_haze_depth");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> synthesize_haze_depth_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& J, const at::Tensor& depth, const at::Tensor& A, const at::Tensor& beta,
+    bool needs_J, bool needs_depth, bool needs_A, bool needs_beta) {
+  check_image_map("synthesize_haze_depth_backward", J, depth, A);
+  TORCH_CHECK(beta.numel() == A.numel() && beta.scalar_type() == A.scalar_type(),
+              "fastdehaze::synthesize_haze_depth_backward: beta must be [B,C] like A");
+  c10::cuda::CUDAGuard guard(J.device());
+  auto gc = grad.contiguous(), Jc = J.contiguous(), dc = depth.contiguous(), Ac = A.contiguous(), bc = beta.contiguous();
+  const int64_t B = J.size(0), C = J.size(1), HW = J.size(2) * J.size(3);
+  auto gJ = grad_like(Jc, needs_J), gd = grad_like(dc, needs_depth);
+  auto gA = grad_param(B, C, A, needs_A), gb = grad_param(B, C, beta, needs_beta);
+  if (Jc.numel() == 0 || !(needs_J || needs_depth || needs_A || needs_beta)) {
+    if (needs_depth) gd.zero_();
+    return {gJ, gd, gA, gb};
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream(J.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_depth_backward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    synthesize_haze_depth_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(Jc), ptr<const T>(dc),
+                                                  ptr<const opmath<T>>(Ac), ptr<const opmath<T>>(bc), ptr<T>(gJ),
+                                                  ptr<T>(gd), ptr<opmath<T>>(gA), ptr<opmath<T>>(gb), B, C, HW,
+                                                  dc.size(1), stream);
+  });
+  check_launch("synthesize_haze_depth_backward");
+  return {gJ, gd, gA, gb};
+}
+
 void check_depth_beta(const char* op, const at::Tensor& depth, const at::Tensor& beta) {
   check_cuda(depth, op);
   TORCH_CHECK(depth.dim() == 4 && beta.dim() == 2 && beta.size(0) == depth.size(0) &&
@@ -208,6 +255,8 @@ TORCH_LIBRARY_IMPL(fastdehaze, CUDA, m) {
   m.impl("recover_backward", &recover_backward_cuda);
   m.impl("synthesize_haze", &synthesize_haze_cuda);
   m.impl("synthesize_haze_backward", &synthesize_haze_backward_cuda);
+  m.impl("synthesize_haze_depth", &synthesize_haze_depth_cuda);
+  m.impl("synthesize_haze_depth_backward", &synthesize_haze_depth_backward_cuda);
   m.impl("transmission_from_depth", &transmission_from_depth_cuda);
   m.impl("transmission_from_depth_backward", &transmission_from_depth_backward_cuda);
   m.impl("recompose_k", &recompose_k_cuda);

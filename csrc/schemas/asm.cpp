@@ -19,6 +19,12 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // -> (grad_J like J, grad_t like t, grad_A [B,C] compute dtype); empty [0] where not needed.
   m.def("synthesize_haze_backward(Tensor grad, Tensor J, Tensor t, Tensor A, bool needs_J, bool needs_t, bool needs_A) -> (Tensor, Tensor, Tensor)");
 
+  // Synthesis from depth in one pass: I = (J - A) t + A, t = exp(-beta d). J [B,C,H,W];
+  // depth [B,1|C,H,W] (J's dtype); A, beta [B,C] compute dtype.
+  m.def("synthesize_haze_depth(Tensor J, Tensor depth, Tensor A, Tensor beta) -> Tensor");
+  // -> (grad_J, grad_depth like depth, grad_A [B,C], grad_beta [B,C]); empty [0] where not needed.
+  m.def("synthesize_haze_depth_backward(Tensor grad, Tensor J, Tensor depth, Tensor A, Tensor beta, bool needs_J, bool needs_depth, bool needs_A, bool needs_beta) -> (Tensor, Tensor, Tensor, Tensor)");
+
   // t = exp(-beta d). depth [B,1|C,H,W]; beta [B,C] compute dtype; -> t [B,C,H,W] in depth's dtype
   // (C = beta's channel count: a one-channel depth with per-channel beta gives per-channel t).
   m.def("transmission_from_depth(Tensor depth, Tensor beta) -> Tensor");

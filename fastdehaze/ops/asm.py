@@ -124,7 +124,7 @@ def _synthesize_backward_fake(grad, J, t, A, needs_J, needs_t, needs_A):
             A.new_empty(A.shape if needs_A else (0,)))
 
 
-def _three_input_setup(ctx, inputs, output):
+def _save_inputs_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
@@ -144,7 +144,32 @@ _synthesize = FusedOp(
                     "-> (Tensor, Tensor, Tensor)",
     backward_fake=_synthesize_backward_fake,
     triton_backward_impl=lambda *a: _triton().synthesize_haze_backward(*a),
-    setup_context=_three_input_setup, backward=_three_input_backward)
+    setup_context=_save_inputs_setup, backward=_three_input_backward)
+
+
+def _synthesize_depth_backward_fake(grad, J, depth, A, beta, needs_J, needs_depth, needs_A, needs_beta):
+    return (J.new_empty(J.shape if needs_J else (0,)), depth.new_empty(depth.shape if needs_depth else (0,)),
+            A.new_empty(A.shape if needs_A else (0,)), beta.new_empty(beta.shape if needs_beta else (0,)))
+
+
+def _synthesize_depth_backward(ctx, backward_op, grad):
+    J, depth, A, beta = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:4]
+    grads = backward_op(grad, J, depth, A, beta, *needs)
+    return tuple(g if n else None for g, n in zip(grads, needs))
+
+
+# synthesize_haze with depth and beta: one pass (t is never written to memory).
+_synthesize_depth = FusedOp(
+    "synthesize_haze_depth", FAMILY,
+    "(Tensor J, Tensor depth, Tensor A, Tensor beta) -> Tensor",
+    fake=lambda J, depth, A, beta: J.new_empty(J.shape),
+    triton_impl=lambda *a: _triton().synthesize_haze_depth(*a),
+    backward_schema="(Tensor grad, Tensor J, Tensor depth, Tensor A, Tensor beta, bool needs_J, bool needs_depth, "
+                    "bool needs_A, bool needs_beta) -> (Tensor, Tensor, Tensor, Tensor)",
+    backward_fake=_synthesize_depth_backward_fake,
+    triton_backward_impl=lambda *a: _triton().synthesize_haze_depth_backward(*a),
+    setup_context=_save_inputs_setup, backward=_synthesize_depth_backward)
 
 
 # ---- transmission_from_depth ------------------------------------------------------------------
@@ -190,7 +215,7 @@ _recompose = FusedOp(
                     "-> (Tensor, Tensor, Tensor)",
     backward_fake=_synthesize_backward_fake,
     triton_backward_impl=lambda *a: _triton().recompose_k_backward(*a),
-    setup_context=_three_input_setup, backward=_three_input_backward)
+    setup_context=_save_inputs_setup, backward=_three_input_backward)
 
 
 def _param_channels(value, name: str, C_map: int) -> int:
@@ -289,8 +314,7 @@ def synthesize_haze(J, A, *, t=None, depth=None, beta=None, backend="auto"):
 
     Koschmieder's model as used for the RESIDE haze synthesis (Li et al., TIP 2019) and in DCP
     (He et al., CVPR 2009, eq. 1). Give exactly one of ``t`` or ``depth`` with ``beta``; with
-    depth, t is computed by :func:`transmission_from_depth` (one fused pass) and then fed to the
-    fused synthesis (a second pass).
+    depth, t = exp(-beta d) is computed inside the same fused pass (never written to memory).
 
     Args:
         J: clear image [B,C,H,W], float16/bfloat16/float32/float64, values in [0, 1].
@@ -338,10 +362,7 @@ def synthesize_haze(J, A, *, t=None, depth=None, beta=None, backend="auto"):
         return _ref_asm.synthesize_haze(J, A, t=t, depth=depth, beta=beta)
     A_bc = as_bc(A, "A", B, C, cdt, J.device)
     if t is None:
-        as_bc(beta, "beta", B, C, cdt, J.device)  # beta must also fit J's channels
-        d = depth.to(J.dtype)
-        beta_bc, _ = _transmission_args(d, beta, B)
-        t = _transmission(b, d, beta_bc)
+        return _synthesize_depth(b, J, depth.to(J.dtype), A_bc, as_bc(beta, "beta", B, C, cdt, J.device))
     return _synthesize(b, J, t.to(J.dtype), A_bc)
 
 
