@@ -296,17 +296,21 @@ int64_t layer_of(const std::vector<int64_t>& task0, int64_t task) {
   return static_cast<int64_t>(std::upper_bound(task0.begin(), task0.end(), task) - task0.begin()) - 1;
 }
 
-// body(task) for every task in [0, ntask), threads taking runs of kGrab tasks from a counter.
+// body(task) for every task in [0, ntask), threads taking runs of kGrab tasks from a counter;
+// each run is walked upwards (prefetch-friendly). With `from_end` the runs are taken from the
+// end of the task list first: the backward starts on the features the forward read last,
+// which may still be in the last-level cache.
 template <typename F>
-void for_each_task(int64_t ntask, const F& body) {
+void for_each_task(int64_t ntask, bool from_end, const F& body) {
   if (ntask <= 0) return;
   std::atomic<int64_t> next{0};
   const int64_t nthr = std::min<int64_t>(at::get_num_threads(), (ntask + kGrab - 1) / kGrab);
   at::parallel_for(0, std::max<int64_t>(nthr, 1), 1, [&](int64_t, int64_t) {
     for (;;) {
-      const int64_t t0 = next.fetch_add(kGrab, std::memory_order_relaxed);
-      if (t0 >= ntask) break;
-      const int64_t t1 = std::min(ntask, t0 + kGrab);
+      const int64_t g = next.fetch_add(kGrab, std::memory_order_relaxed);
+      if (g >= ntask) break;
+      const int64_t t0 = from_end ? std::max<int64_t>(0, ntask - g - kGrab) : g;
+      const int64_t t1 = from_end ? ntask - g : std::min(ntask, g + kGrab);
       for (int64_t t = t0; t < t1; ++t) body(t);
     }
   });
@@ -343,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
     const int64_t Kr = ablation ? 0 : s.K;
     const int64_t Qr = 1 + Kr;  // columns actually computed
     std::vector<double> part(static_cast<size_t>(ntask * Qr), 0.0);
-    for_each_task(ntask, [&](int64_t task) {
+    for_each_task(ntask, false, [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
       const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
       const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
@@ -406,7 +410,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
                            static_cast<op_t>(s.N[l]), cp[l], cn[l]);
       for (int64_t k = 0; k < Kr; ++k) coef[l * Kr + k] = cn[l] * wp[k];
     }
-    for_each_task(s.task0.back(), [&](int64_t task) {
+    for_each_task(s.task0.back(), true, [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
       const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
       const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
