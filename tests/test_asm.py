@@ -483,6 +483,7 @@ def test_torch_compile_fullgraph(backend_device):
     args = [_rand(g, (2, 3, 4, 5)), _rand(g, (2, 1, 4, 5), 0.05, 1), _rand(g, (2, 1, 4, 5), 0, 2),
             _rand(g, (2, 3, 1, 1), 0.6, 1), _rand(g, (2, 3, 4, 5), -1, 1)]
     leaves = [a.to(device).requires_grad_() for a in args]
+    ops_asm.resolve_backend(backend, "asm", torch.device(device))  # first-use imports happen outside the trace
     compiled = torch.compile(_pipeline, fullgraph=True, backend="aot_eager")
     out = compiled(*leaves, backend)
     grads = torch.autograd.grad(out.sum(), leaves)
