@@ -274,3 +274,17 @@ def test_positives_and_negatives_get_no_gradient(backend_device):
     out = F.contrastive_loss(A, P, N, (1.0,), backend=b)
     out.backward()
     assert A[0].grad is not None and P[0].grad is None and N[0].grad is None
+
+
+@pytest.mark.parametrize("K", [9, 17])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_many_negatives_and_block_edges(K, dtype):
+    """More negatives than one sweep of the C++ kernel holds (8) and lengths around its 4096-element
+    block, against the float64 reference (the multi-sweep path of csrc/cpu/contrastive.cpp)."""
+    shapes = [(1, 1, 1, 4097), (1, 2, 2, 1024), (1, 1, 1, 15)]
+    A, P, N = _feats(shapes, K, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(K, generator=g, dtype=torch.float64)
+    w = tuple((w / w.sum()).tolist())
+    tol = (1e-10, 1e-12) if dtype == torch.float64 else (1e-5, 1e-7)
+    _check("cpu", "cpu", A, P, N, (0.5, 1.0, 2.0), w, rtol=tol[0], atol=tol[1])
