@@ -9,18 +9,22 @@
 // atmospheric_light: radix select on order-preserving keys (16-bit digits: 2 histogram passes
 // for float, 4 for double), then one pass that sums the selected pixels (ties by lower index).
 // dehaze_dcp: the whole pipeline, single-channel maps in the compute type (float32, or float64 for
-// float64 input); the guided filter's box means use running sums in double over columns then rows.
+// float64 input): dark channel (and a NaN/inf check of I) -> A -> coarse transmission (over the dark
+// channel's map) -> the gray guided filter of the filters family (fastdehaze/guided_filter_cpu.h),
+// with the luma guide formed from I inside its passes and clamp + recovery in its last epilogue.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "fastdehaze/cpu_utils.h"
 #include "fastdehaze/dcp_math.h"
+#include "fastdehaze/guided_filter_cpu.h"
 
 namespace fastdehaze {
 namespace {
@@ -120,11 +124,19 @@ void window2d(int64_t H, int64_t W, int64_t r, M* R, const RowFn& row, const Sto
       line_ext<IS_MAX>(buf.data(), R + y * W, W, r, h.data());
     }
   });
-  const int64_t nstrip = (W + kStrip - 1) / kStrip;
+  // column strips of at most kStrip columns, as many as a multiple of the threads when there are
+  // several (equal work per thread: 2708 columns make 12 strips of 232, not 11 of 256)
+  int64_t nstrip = (W + kStrip - 1) / kStrip, SW = kStrip;
+  const int64_t T = at::get_num_threads();
+  if (nstrip > 1 && T > 1 && nstrip % T != 0) {
+    nstrip = (nstrip + T - 1) / T * T;
+    SW = std::min<int64_t>(kStrip, ((W + nstrip - 1) / nstrip + 15) / 16 * 16);
+    nstrip = (W + SW - 1) / SW;
+  }
   at::parallel_for(0, nstrip, 1, [&](int64_t s0, int64_t s1) {
-    std::vector<M> h(H * kStrip), g(kStrip), out(kStrip);
+    std::vector<M> h(H * SW), g(SW), out(SW);
     for (int64_t s = s0; s < s1; ++s) {
-      const int64_t x0 = s * kStrip, S = std::min(kStrip, W - x0);
+      const int64_t x0 = s * SW, S = std::min(SW, W - x0);
       strip_ext<IS_MAX>(R, H, W, x0, S, r, h.data(), g.data(), out.data(),
                         [&](int64_t y, const M* vals) { store(y, x0, vals, S); });
     }
@@ -444,70 +456,6 @@ at::Tensor atmospheric_light_cpu(const at::Tensor& I, const at::Tensor& dark, in
 
 // ---- the fused DCP pipeline ------------------------------------------------------------------
 
-// Box means (clipped window, normalised by the count inside) of NM maps of one image: column
-// running sums in double (strips of columns), then row running sums; fn(y, means[NM][W]) gets
-// each row of means. src(k, y, x0, n, dst) writes n values of map k at row y into dst (double).
-template <int NM, typename M, typename Src, typename RowFn>
-void box_means(int64_t H, int64_t W, int64_t r, M* V /* NM * H * W */, const Src& src, const RowFn& fn) {
-  const int64_t HW = H * W;
-  const int64_t nstrip = (W + kStrip - 1) / kStrip;
-  at::parallel_for(0, nstrip, 1, [&](int64_t s0, int64_t s1) {
-    std::vector<double> S(NM * kStrip), tmp(NM * kStrip);
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t x0 = s * kStrip, n = std::min(kStrip, W - x0);
-      std::fill(S.begin(), S.end(), 0.0);
-      for (int64_t y = 0; y <= std::min(H - 1, r); ++y) {
-        src(y, x0, n, tmp.data(), kStrip);
-        for (int k = 0; k < NM; ++k)
-          for (int64_t j = 0; j < n; ++j) S[k * kStrip + j] += tmp[k * kStrip + j];
-      }
-      for (int64_t y = 0; y < H; ++y) {
-        if (y > 0) {
-          if (y + r < H) {
-            src(y + r, x0, n, tmp.data(), kStrip);
-            for (int k = 0; k < NM; ++k)
-              for (int64_t j = 0; j < n; ++j) S[k * kStrip + j] += tmp[k * kStrip + j];
-          }
-          if (y - r - 1 >= 0) {
-            src(y - r - 1, x0, n, tmp.data(), kStrip);
-            for (int k = 0; k < NM; ++k)
-              for (int64_t j = 0; j < n; ++j) S[k * kStrip + j] -= tmp[k * kStrip + j];
-          }
-        }
-        for (int k = 0; k < NM; ++k) {
-          M* vk = V + k * HW + y * W + x0;
-          for (int64_t j = 0; j < n; ++j) vk[j] = static_cast<M>(S[k * kStrip + j]);
-        }
-      }
-    }
-  });
-  std::vector<double> inv_cx(W);  // 1 / (pixels of the clipped window along the row)
-  for (int64_t x = 0; x < W; ++x) inv_cx[x] = 1.0 / static_cast<double>(dm::win_hi(x, r, W) - dm::win_lo(x, r) + 1);
-  at::parallel_for(0, H, 8, [&](int64_t y0, int64_t y1) {
-    std::vector<M> means(NM * W);
-    for (int64_t y = y0; y < y1; ++y) {
-      const double icy = 1.0 / static_cast<double>(dm::win_hi(y, r, H) - dm::win_lo(y, r) + 1);
-      double s[NM];
-      for (int k = 0; k < NM; ++k) s[k] = 0.0;
-      const M* vr[NM];
-      for (int k = 0; k < NM; ++k) vr[k] = V + k * HW + y * W;
-      for (int64_t x = 0; x <= std::min(W - 1, r); ++x)
-        for (int k = 0; k < NM; ++k) s[k] += vr[k][x];
-      for (int64_t x = 0; x < W; ++x) {
-        if (x > 0) {
-          if (x + r < W)
-            for (int k = 0; k < NM; ++k) s[k] += vr[k][x + r];
-          if (x - r - 1 >= 0)
-            for (int k = 0; k < NM; ++k) s[k] -= vr[k][x - r - 1];
-        }
-        const double inv = icy * inv_cx[x];
-        for (int k = 0; k < NM; ++k) means[k * W + x] = static_cast<M>(s[k] * inv);
-      }
-      fn(y, static_cast<const M*>(means.data()));
-    }
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dehaze_dcp_cpu(const at::Tensor& I, int64_t patch, double omega,
                                                               double top, int64_t r, double eps, double t0) {
   check_image(I, "dehaze_dcp");
@@ -533,102 +481,93 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dehaze_dcp_cpu(const at::Tensor& 
     scalar_t* Jp = J.mutable_data_ptr<scalar_t>();
     scalar_t* Tp = T.mutable_data_ptr<scalar_t>();
     M* Ap = A.mutable_data_ptr<M>();
-    std::vector<M> Y(HW), R(HW), D(HW), P(HW), V(4 * HW), a(HW), bb(HW);
+    // scratch (uninitialised): R = window2d's row-pass map, later the guided filter's a, b
+    // (2 HW); D = the dark channel, later the coarse transmission p (HW)
+    auto scratch = at::empty({3 * HW}, I.options().dtype(c10::CppTypeToScalarType<M>::value));
+    M* R = scratch.mutable_data_ptr<M>();
+    M* D = R + 2 * HW;
     std::vector<double> sums(C);
     std::vector<M> inv(C);
     const M om = static_cast<M>(omega), e = static_cast<M>(eps), lo_t = static_cast<M>(t0);
+    // luma guide of n pixels of row offset off (BT.601 for 3 channels, the channel mean otherwise)
+    auto luma = [&](const scalar_t* Ib, int64_t off, int64_t n, M* out, int64_t stride) {
+      const scalar_t* r0 = Ib + off;
+      if (C == 3) {
+        const scalar_t *r1 = r0 + HW, *r2 = r0 + 2 * HW;
+        for (int64_t x = 0; x < n; ++x)
+          out[x * stride] = dm::luma_r<M>() * static_cast<M>(r0[x]) + dm::luma_g<M>() * static_cast<M>(r1[x]) +
+                            dm::luma_b<M>() * static_cast<M>(r2[x]);
+      } else {
+        for (int64_t x = 0; x < n; ++x) {
+          M v = static_cast<M>(r0[x]);
+          for (int64_t c = 1; c < C; ++c) v += static_cast<M>(r0[c * HW + x]);
+          out[x * stride] = C > 1 ? v / static_cast<M>(C) : v;
+        }
+      }
+    };
     for (int64_t b = 0; b < B; ++b) {
       const scalar_t* Ib = Ip + b * C * HW;
-      // 1. dark channel (and the luma guide, from the same read of I)
+      // 1. dark channel (and whether I holds NaN/inf, from the same read of I)
+      std::atomic<bool> nonfinite{false};
       window2d<false, M>(
-          H, W, pr, R.data(),
+          H, W, pr, R,
           [&](int64_t y, M* buf) {
             channel_row<false, scalar_t, M>(Ib, C, HW, y * W, W, nullptr, buf);
-            M* yr = Y.data() + y * W;
-            const scalar_t* r0 = Ib + y * W;
-            if (C == 3) {
-              const scalar_t *r1 = r0 + HW, *r2 = r0 + 2 * HW;
-              for (int64_t x = 0; x < W; ++x)
-                yr[x] = dm::luma_r<M>() * static_cast<M>(r0[x]) + dm::luma_g<M>() * static_cast<M>(r1[x]) +
-                        dm::luma_b<M>() * static_cast<M>(r2[x]);
-            } else {
-              for (int64_t x = 0; x < W; ++x) yr[x] = static_cast<M>(r0[x]);
-              for (int64_t c = 1; c < C; ++c)
-                for (int64_t x = 0; x < W; ++x) yr[x] += static_cast<M>(r0[c * HW + x]);
-              if (C > 1)
-                for (int64_t x = 0; x < W; ++x) yr[x] /= static_cast<M>(C);
+            bool ok = true;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t* rc = Ib + c * HW + y * W;
+              for (int64_t x = 0; x < W; ++x) {
+                const float v = static_cast<float>(rc[x]);
+                ok &= (v - v == 0.f);  // false iff NaN or +-inf (an and-reduction: vectorises)
+              }
             }
+            if (!ok) nonfinite.store(true, std::memory_order_relaxed);
           },
-          [&](int64_t y, int64_t x0, const M* vals, int64_t n) { std::copy(vals, vals + n, D.data() + y * W + x0); });
+          [&](int64_t y, int64_t x0, const M* vals, int64_t n) { std::copy(vals, vals + n, D + y * W + x0); });
       // 2. atmospheric light
       top_k_mean<K>([&](int64_t i) { return dm::order_key(D[i]); }, Ib, C, HW, k, sums.data());
       for (int64_t c = 0; c < C; ++c) {
         Ap[b * C + c] = static_cast<M>(sums[c]);
         inv[c] = dm::safe_inv_A(static_cast<M>(sums[c]));
       }
-      // 3. coarse transmission 1 - omega dark(I / A)
+      // 3. coarse transmission p = 1 - omega dark(I / A), over D
+      M* Pm = D;
       window2d<false, M>(
-          H, W, pr, R.data(), [&](int64_t y, M* buf) { channel_row<false, scalar_t, M>(Ib, C, HW, y * W, W, inv.data(), buf); },
+          H, W, pr, R, [&](int64_t y, M* buf) { channel_row<false, scalar_t, M>(Ib, C, HW, y * W, W, inv.data(), buf); },
           [&](int64_t y, int64_t x0, const M* vals, int64_t n) {
-            M* pp = P.data() + y * W + x0;
+            M* pp = Pm + y * W + x0;
             for (int64_t j = 0; j < n; ++j) pp[j] = dm::transmission(vals[j], om);
           });
-      // 4. guided filter, gray guide Y: a = cov/(var+eps), b = mean p - a mean Y
-      box_means<4, M>(
-          H, W, r, V.data(),
-          [&](int64_t y, int64_t x0, int64_t n, double* dst, int64_t ld) {
-            const M* yr = Y.data() + y * W + x0;
-            const M* pr_ = P.data() + y * W + x0;
-            for (int64_t j = 0; j < n; ++j) {
-              const double gy = yr[j], pv = pr_[j];
-              dst[j] = gy;
-              dst[ld + j] = pv;
-              dst[2 * ld + j] = gy * gy;
-              dst[3 * ld + j] = gy * pv;
-            }
-          },
-          [&](int64_t y, const M* m) {
-            M* ar = a.data() + y * W;
-            M* br = bb.data() + y * W;
-            for (int64_t x = 0; x < W; ++x) {
-              const M mI = m[x], mp = m[W + x];
-              const M var = m[2 * W + x] - mI * mI, cov = m[3 * W + x] - mI * mp;
-              const M av = cov / (var + e);
-              ar[x] = av;
-              br[x] = mp - av * mI;
-            }
-          });
+      // 4. guided filter of p with the luma guide (the shared core, fastdehaze/guided_filter_cpu.h;
+      // the guide is formed from I inside both passes, never stored), then in pass 2's epilogue:
       // 5. q = mean(a) Y + mean(b), t = clamp(q, t0, 1), J = clamp((I - A) / t + A, 0, 1)
       scalar_t* Jb = Jp + b * C * HW;
       scalar_t* Tb = Tp + b * HW;
       const M* Ab = Ap + b * C;
-      box_means<2, M>(
-          H, W, r, V.data(),
-          [&](int64_t y, int64_t x0, int64_t n, double* dst, int64_t ld) {
-            const M* ar = a.data() + y * W + x0;
-            const M* br = bb.data() + y * W + x0;
-            for (int64_t j = 0; j < n; ++j) {
-              dst[j] = ar[j];
-              dst[ld + j] = br[j];
-            }
+      gf_cpu::gray_guided_filter<M>(
+          1, H, W, r, e, nonfinite.load(), R,
+          [&](int64_t, int64_t y, int64_t xa, int64_t xb, M* line) {
+            luma(Ib, y * W + xa, xb - xa, line, 4);
+            const M* pr_ = Pm + y * W + xa;
+            for (int64_t x = 0; x < xb - xa; ++x) line[x * 4 + 1] = pr_[x];
           },
-          [&](int64_t y, const M* m) {
-            const M* yr = Y.data() + y * W;
-            M tinv[kStrip];
-            for (int64_t x0 = 0; x0 < W; x0 += kStrip) {
-              const int64_t n = std::min(kStrip, W - x0);
-              for (int64_t j = 0; j < n; ++j) {
-                const int64_t x = x0 + j;
-                M q = m[x] * yr[x] + m[W + x];
+          [&](int64_t, int64_t y, int64_t x0, int64_t n, const M* m) {
+            M yv[kStrip], tinv[kStrip];
+            for (int64_t j0 = 0; j0 < n; j0 += kStrip) {
+              const int64_t nn = std::min(kStrip, n - j0), off = y * W + x0 + j0;
+              luma(Ib, off, nn, yv, 1);
+              const M* mm = m + 2 * j0;
+              for (int64_t j = 0; j < nn; ++j) {
+                M q = mm[2 * j] * yv[j] + mm[2 * j + 1];
                 q = q < lo_t ? lo_t : (q > M(1) ? M(1) : q);
-                Tb[y * W + x] = static_cast<scalar_t>(q);
+                Tb[off + j] = static_cast<scalar_t>(q);
                 tinv[j] = M(1) / q;
               }
               for (int64_t c = 0; c < C; ++c) {
                 const M Av = Ab[c];
-                const scalar_t* ir = Ib + c * HW + y * W + x0;
-                scalar_t* jr = Jb + c * HW + y * W + x0;
-                for (int64_t j = 0; j < n; ++j) {
+                const scalar_t* ir = Ib + c * HW + off;
+                scalar_t* jr = Jb + c * HW + off;
+                for (int64_t j = 0; j < nn; ++j) {
                   M v = (static_cast<M>(ir[j]) - Av) * tinv[j] + Av;
                   v = v < M(0) ? M(0) : (v > M(1) ? M(1) : v);
                   jr[j] = static_cast<scalar_t>(v);
