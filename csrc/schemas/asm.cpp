@@ -2,7 +2,7 @@
 // (fastdehaze/ops/asm.py) normalises the broadcastable parameters (A, t0, beta, b) to
 // contiguous [B, C] tensors in the compute dtype (float32 for half inputs, float64 for
 // float64) before calling these, and validates arguments. The Triton variants
-// (`<name>_triton`) are defined in Python with the same schemas (tests/test_schemas.py
+// (`<name>_triton`) are defined in Python with the same schemas (tests/test_asm.py
 // checks that they match).
 #include <torch/library.h>
 #include "fastdehaze/common.h"
