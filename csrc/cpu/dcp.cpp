@@ -66,6 +66,26 @@ void line_ext(const M* v, M* out, int64_t n, int64_t r, M* h) {
   }
 }
 
+// Small windows (r <= kSmallR): out[x] = ext of v over [x-r, x+r] clipped, by doubling on padded
+// copies (vectorises): u = v with r identities on both sides; after k steps a[i] = ext of
+// u[i .. i + 2^k - 1]; with s = 2^k the largest power of two <= w = 2r + 1, out[x] = ext(a[x],
+// a[x + w - s]). Same values as line_ext (an extremum is exact; NaN propagates either way).
+// u, t: scratch of n + 2r each; u[r .. r + n) already holds v.
+constexpr int64_t kSmallR = 8;
+template <bool IS_MAX, typename M>
+void line_ext_small(M* __restrict u, M* __restrict t, M* __restrict out, int64_t n, int64_t r) {
+  const int64_t w = 2 * r + 1, len = n + 2 * r;
+  for (int64_t i = 0; i < r; ++i) u[i] = u[r + n + i] = ident<IS_MAX, M>();
+  int64_t s = 1;
+  M *a = u, *b = t;
+  for (; 2 * s <= w; s *= 2) {
+    for (int64_t i = 0; i + 2 * s <= len; ++i) b[i] = dm::ext<IS_MAX>(a[i], a[i + s]);  // a: spans of s
+    std::swap(a, b);
+  }
+  const int64_t d = w - s;
+  for (int64_t x = 0; x < n; ++x) out[x] = dm::ext<IS_MAX>(a[x], a[x + d]);
+}
+
 // The same down the columns [x0, x0+S) of R [H, W], vectorised across the strip; store(y, vals).
 template <bool IS_MAX, typename M, typename Store>
 void strip_ext(const M* R, int64_t H, int64_t W, int64_t x0, int64_t S, int64_t r, M* h, M* g, M* out,
@@ -118,10 +138,15 @@ void strip_ext(const M* R, int64_t H, int64_t W, int64_t x0, int64_t S, int64_t 
 template <bool IS_MAX, typename M, typename RowFn, typename Store>
 void window2d(int64_t H, int64_t W, int64_t r, M* R, const RowFn& row, const Store& store) {
   at::parallel_for(0, H, 16, [&](int64_t y0, int64_t y1) {
-    std::vector<M> buf(W), h(W);
+    std::vector<M> buf(W + 2 * r), h(W + 2 * r);
     for (int64_t y = y0; y < y1; ++y) {
-      row(y, buf.data());
-      line_ext<IS_MAX>(buf.data(), R + y * W, W, r, h.data());
+      if (r <= kSmallR) {
+        row(y, buf.data() + r);
+        line_ext_small<IS_MAX>(buf.data(), h.data(), R + y * W, W, r);
+      } else {
+        row(y, buf.data());
+        line_ext<IS_MAX>(buf.data(), R + y * W, W, r, h.data());
+      }
     }
   });
   // column strips of at most kStrip columns, as many as a multiple of the threads when there are
