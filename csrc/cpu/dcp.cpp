@@ -534,18 +534,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dehaze_dcp_cpu(const at::Tensor& 
     std::vector<M> inv(C);
     const M om = static_cast<M>(omega), e = static_cast<M>(eps), lo_t = static_cast<M>(t0);
     // luma guide of n pixels of row offset off (BT.601 for 3 channels, the channel mean otherwise)
-    auto luma = [&](const scalar_t* Ib, int64_t off, int64_t n, M* out, int64_t stride) {
+    auto luma = [&](const scalar_t* Ib, int64_t off, int64_t n, M* __restrict out) {
       const scalar_t* r0 = Ib + off;
       if (C == 3) {
         const scalar_t *r1 = r0 + HW, *r2 = r0 + 2 * HW;
         for (int64_t x = 0; x < n; ++x)
-          out[x * stride] = dm::luma_r<M>() * static_cast<M>(r0[x]) + dm::luma_g<M>() * static_cast<M>(r1[x]) +
+          out[x] = dm::luma_r<M>() * static_cast<M>(r0[x]) + dm::luma_g<M>() * static_cast<M>(r1[x]) +
                             dm::luma_b<M>() * static_cast<M>(r2[x]);
       } else {
         for (int64_t x = 0; x < n; ++x) {
           M v = static_cast<M>(r0[x]);
           for (int64_t c = 1; c < C; ++c) v += static_cast<M>(r0[c * HW + x]);
-          out[x * stride] = C > 1 ? v / static_cast<M>(C) : v;
+          out[x] = C > 1 ? v / static_cast<M>(C) : v;
         }
       }
     };
@@ -590,16 +590,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dehaze_dcp_cpu(const at::Tensor& 
       const M* Ab = Ap + b * C;
       gf_cpu::gray_guided_filter<M>(
           1, H, W, r, e, nonfinite.load(), R,
-          [&](int64_t, int64_t y, int64_t xa, int64_t xb, M* line) {
-            luma(Ib, y * W + xa, xb - xa, line, 4);
-            const M* pr_ = Pm + y * W + xa;
-            for (int64_t x = 0; x < xb - xa; ++x) line[x * 4 + 1] = pr_[x];
+          [&](int64_t, int64_t y, int64_t xa, int64_t xb, M* g, M* s) {
+            luma(Ib, y * W + xa, xb - xa, g);
+            std::copy(Pm + y * W + xa, Pm + y * W + xb, s);
           },
           [&](int64_t, int64_t y, int64_t x0, int64_t n, const M* m) {
             M yv[kStrip], tinv[kStrip];
             for (int64_t j0 = 0; j0 < n; j0 += kStrip) {
               const int64_t nn = std::min(kStrip, n - j0), off = y * W + x0 + j0;
-              luma(Ib, off, nn, yv, 1);
+              luma(Ib, off, nn, yv);
               const M* mm = m + 2 * j0;
               for (int64_t j = 0; j < nn; ++j) {
                 M q = mm[2 * j] * yv[j] + mm[2 * j + 1];

@@ -85,13 +85,10 @@ at::Tensor guided_filter_cpu(const at::Tensor& I, const at::Tensor& p, int64_t r
       auto ab_t = at::empty({P * HW * 2}, pc.options().dtype(c10::CppTypeToScalarType<op_t>::value));
       gf_cpu::gray_guided_filter<op_t>(
           P, H, W, r, e, nans, ab_t.mutable_data_ptr<op_t>(),
-          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
+          [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* g, op_t* s) {
             const scalar_t* Ir = Ip + (pl / C) * HW + y * W;
             const scalar_t* pr = pp + pl * HW + y * W;
-            for (int64_t x = xa; x < xb; ++x) {
-              op_t* l = line + (x - xa) * 4;
-              l[0] = static_cast<op_t>(Ir[x]), l[1] = static_cast<op_t>(pr[x]);
-            }
+            for (int64_t x = xa; x < xb; ++x) g[x - xa] = static_cast<op_t>(Ir[x]), s[x - xa] = static_cast<op_t>(pr[x]);
           },
           [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
             const scalar_t* Ir = Ip + (pl / C) * HW + y * W + x0;

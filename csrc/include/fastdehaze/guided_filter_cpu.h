@@ -215,9 +215,9 @@ void box_engine(int64_t P, int64_t H, int64_t W, int64_t r, bool adjoint, bool n
 
 
 // Gray guided filter of P planes of H x W (He et al., TPAMI 2013, Alg. 1), in op_t (float or double)
-// with float64 running sums. load(pl, y, xa, xb, line) writes the guide I and the source p of row y,
-// columns [xa, xb), of plane pl to line[(x - xa) * 4] and line[(x - xa) * 4 + 1] (the core adds I p
-// and I I). ab: scratch of P * H * W * 2 op_t (need not be initialised). emit(pl, y, x0, n, m)
+// with float64 running sums. load(pl, y, xa, xb, g, s) writes the guide I and the source p of row y,
+// columns [xa, xb), of plane pl to g[x - xa] and s[x - xa] (contiguous, so that it vectorises; the
+// core interleaves I, p, I p, I I for the box engine). ab: scratch of P * H * W * 2 op_t (need not be initialised). emit(pl, y, x0, n, m)
 // receives m[2 i] = mean(a), m[2 i + 1] = mean(b) at column x0 + i of row y; q = m[2i] I + m[2i+1].
 // nans: the guide or the source may hold NaN/inf.
 template <typename op_t, typename Load, typename Emit>
@@ -228,22 +228,29 @@ void gray_guided_filter(int64_t P, int64_t H, int64_t W, int64_t r, op_t eps, bo
   box_engine<4, op_t>(
       P, H, W, r, false, nans,
       [&](int64_t pl, int64_t y, int64_t xa, int64_t xb, op_t* line) {
-        load(pl, y, xa, xb, line);
-        for (int64_t i = 0, n = xb - xa; i < n; ++i) {
-          op_t* l = line + i * 4;
-          const op_t iv = l[0], pv = l[1];
-          l[2] = iv * pv, l[3] = iv * iv;
+        const int64_t n = xb - xa;
+        thread_local std::vector<op_t> gs;  // guide and source of the row segment
+        if (static_cast<int64_t>(gs.size()) < 2 * n) gs.resize(2 * n);
+        op_t* __restrict g = gs.data();
+        op_t* __restrict sv = g + n;
+        load(pl, y, xa, xb, g, sv);
+        op_t* __restrict l = line;
+        for (int64_t i = 0; i < n; ++i) {
+          const op_t iv = g[i], pv = sv[i];
+          l[i * 4] = iv, l[i * 4 + 1] = pv, l[i * 4 + 2] = iv * pv, l[i * 4 + 3] = iv * iv;
         }
         return static_cast<const op_t*>(line);
       },
       [&](int64_t pl, int64_t y, int64_t x0, int64_t n, const op_t* m) {
-        op_t* o = ab + (pl * HW + y * W + x0) * 2;
-        op_t z = 0;
+        op_t* __restrict o = ab + (pl * HW + y * W + x0) * 2;
+        bool ok = true;
         for (int64_t i = 0; i < n; ++i) {
-          fm::gray_coeffs(m[i * 4 + 0], m[i * 4 + 1], m[i * 4 + 2], m[i * 4 + 3], eps, o[i * 2], o[i * 2 + 1]);
-          z += o[i * 2] * op_t(0) + o[i * 2 + 1] * op_t(0);
+          op_t a, b;
+          fm::gray_coeffs(m[i * 4 + 0], m[i * 4 + 1], m[i * 4 + 2], m[i * 4 + 3], eps, a, b);
+          o[i * 2] = a, o[i * 2 + 1] = b;
+          ok &= (a - a == op_t(0)) & (b - b == op_t(0));  // false iff a or b is NaN/inf (vectorises)
         }
-        if (z != op_t(0)) ab_bad.store(true, std::memory_order_relaxed);
+        if (!ok) ab_bad.store(true, std::memory_order_relaxed);
       });
   box_engine<2, op_t>(
       P, H, W, r, false, nans || ab_bad.load(),
@@ -262,9 +269,9 @@ void gray_guided_filter_plane(const T* guide, const T* src, T* out, int64_t H, i
   const bool nans = has_nonfinite(guide, H * W) || has_nonfinite(src, H * W);
   gray_guided_filter<T>(
       1, H, W, r, eps, nans, scratch,
-      [&](int64_t, int64_t y, int64_t xa, int64_t xb, T* line) {
-        const T *g = guide + y * W, *s = src + y * W;
-        for (int64_t x = xa; x < xb; ++x) line[(x - xa) * 4] = g[x], line[(x - xa) * 4 + 1] = s[x];
+      [&](int64_t, int64_t y, int64_t xa, int64_t xb, T* g, T* s) {
+        std::copy(guide + y * W + xa, guide + y * W + xb, g);
+        std::copy(src + y * W + xa, src + y * W + xb, s);
       },
       [&](int64_t, int64_t y, int64_t x0, int64_t n, const T* m) {
         const T* g = guide + y * W + x0;
