@@ -349,6 +349,20 @@ def test_dehaze_dcp_black_and_batch0(backend_device):
     assert J.shape == (0, 3, 8, 9)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_dehaze_dcp_nonfinite_pixel_matches_reference(backend_device, bad):
+    """A NaN/inf pixel spreads exactly as in the reference (window mins, box sums, recovery)."""
+    backend, device = backend_device
+    I = _hazy(1, 17, 19)
+    I[0, 1, 8, 9] = bad
+    got = ops.dehaze_dcp(I.to(device), patch=5, r=3, return_all=True, backend=backend)
+    want = ref.dehaze_dcp(I, patch=5, r=3, return_all=True)
+    for name, a, b in zip(("J", "t", "A"), got, want):
+        assert torch.equal(torch.isnan(a.cpu()), torch.isnan(b)), name
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-9, equal_nan=True, msg=name)
+    assert torch.isnan(want[0]).any()  # the case exercises the non-finite path at all
+
+
 def test_large_sizes_cpu():
     # 1x1x2708x1800 dark channel and 412x548 DCP on the C++ backend vs the reference
     g = torch.Generator().manual_seed(1)
