@@ -35,11 +35,24 @@ equal channels and written back as grey. An alpha channel is kept aside (the pri
 sees it) and re-attached unchanged.
 
 Large photos: images with a side longer than --tile are processed in tiles (A from a first
-pass over the whole image, then tiles with halos of patch//2 + 2*radius + 1 pixels), which
-gives the untiled result to rounding in bounded memory.
+pass over the whole image, then tiles with halos of patch//2 + 2*radius + 1 pixels, 128 at the
+defaults), which gives the untiled result to rounding in bounded memory. A positive --tile must
+be at least twice the halo (256 at the defaults): a smaller tile is a usage error, because each
+tile is computed with its halos and the work per image would grow as ((tile + 2 halo) / tile)^2
+(at the minimum it is at most 4 times the untiled work).
+
+Output folder: created if missing; when it cannot be created (it is a file, no permission, ...)
+the command stops with a one-line message and status 2. When OUTDIR is also an input folder
+(a folder INPUT, the folder of an input file, or inside the root of a '**' pattern) a warning is
+printed once: images that an earlier run wrote there are inputs of this run and are dehazed
+again under new names (a.png -> a_1.png); the files this run writes are never read by it.
+New files get the usual mode for new files, 0666 minus the umask (0644 under umask 022).
 
 Exit status: 0 when every input was dehazed and written, 1 when any input failed (unreadable,
-corrupt, existing output, ...; the others are still processed), 2 for a usage error.
+corrupt, existing output, ...; the others are still processed), 2 for a usage error: a bad
+option value (--patch, --omega, --top, --radius, --eps, --t0, --tile, --device, a CUDA device
+that is not there) or an output folder that cannot be created; these are checked before any
+file is read, and reported in one line "fastdehaze: <option>: <reason>".
 """
 
 
@@ -76,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     d.add_argument("--save-transmission", action="store_true", help="also write <stem>_t.png (refined t)")
     d.add_argument("--tile", type=int, default=2048,
-                   help="tile size in pixels for images with a longer side (default 2048; 0: never tile)")
+                   help="tile size in pixels for images with a longer side (default 2048; 0: never tile); "
+                        "a positive tile must be >= 2 * (patch//2 + 2*radius + 1), i.e. >= 256 at the defaults")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_args(d)
     _add_dcp_args(d)
@@ -125,17 +139,40 @@ def _device_type(device: str) -> str:
     return device.split(":")[0]
 
 
+def _usage_error(msg: str):
+    """A usage error: one line "fastdehaze: <msg>" on stderr and exit status 2 (as argparse)."""
+    print(f"fastdehaze: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _resolve_device(device: str):
     import torch
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise SystemExit(f"fastdehaze: --device: not a device: {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("fastdehaze: --device cuda: no CUDA device is available")
+    except (RuntimeError, ValueError, TypeError):
+        _usage_error(f"--device: not a device: {device!r} (cpu, cuda, cuda:N or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        _usage_error(f"--device: {device!r} is not supported (cpu, cuda, cuda:N or auto)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            _usage_error(f"--device: {device!r}: no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            _usage_error(f"--device: {device!r}: only {torch.cuda.device_count()} CUDA device(s) are available")
     return dev
+
+
+def _make_output_folder(outdir: str):
+    """os.makedirs(outdir), a usage error (status 2, one line naming the folder) when it fails."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        if os.path.exists(outdir) and not os.path.isdir(outdir):
+            reason = "it exists and is not a folder"
+        else:
+            reason = e.strerror or str(e)
+        _usage_error(f"-o/--output: cannot create the output folder {outdir!r}: {reason}")
 
 
 # ---- dehaze -------------------------------------------------------------------------------------
@@ -172,6 +209,28 @@ def expand_inputs(specs):
     return files, errors
 
 
+def outdir_is_input_folder(specs, files, outdir) -> bool:
+    """True when OUTDIR is also an input folder: a folder INPUT, the folder of an input file, or
+    OUTDIR inside the fixed root of a recursive ('**') glob pattern."""
+    out = os.path.realpath(outdir)
+    for spec in specs:
+        if os.path.isdir(spec):
+            if os.path.realpath(spec) == out:
+                return True
+        elif not os.path.exists(spec) and glob.has_magic(spec) and "**" in spec:
+            parts = spec.replace(os.sep, "/").split("/")
+            fixed = []
+            for part in parts:
+                if glob.has_magic(part):
+                    break
+                fixed.append(part)
+            root = "/".join(fixed) or ("/" if spec.startswith(("/", os.sep)) else ".")
+            root = os.path.realpath(root)
+            if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
+                return True
+    return any(os.path.realpath(os.path.dirname(os.path.abspath(p))) == out for p in files)
+
+
 def plan_outputs(files, outdir, save_transmission=False):
     """Output names for ``files`` (in order): OUTDIR/<stem>.png, clashes get _1, _2, ...; names of
     input files are never used. Returns a list of (out_path, t_path or None)."""
@@ -194,13 +253,34 @@ def plan_outputs(files, outdir, save_transmission=False):
     return plan
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc), else by
+    the os.umask set-and-restore idiom."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, pixels, alpha=None, icc_profile=None, overwrite=False):
     """Write a PNG through a temporary file in the same folder and a rename. Without ``overwrite``
-    an existing ``path`` raises FileExistsError (and is left untouched)."""
+    an existing ``path`` raises FileExistsError (and is left untouched). The file gets the usual
+    mode of a new file, 0666 minus the umask (tempfile.mkstemp creates it 0600)."""
     from .io import write_png
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        mode = 0o666 & ~_current_umask()
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # pragma: no cover (Windows)
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             write_png(f, pixels, alpha, icc_profile)
             f.flush()
@@ -228,7 +308,17 @@ def _validate_dcp_args(args):
     except (TypeError, ValueError) as e:
         name = str(e).split()[0]
         flag = {"r": "--radius"}.get(name, "--" + name)
-        raise SystemExit(f"fastdehaze: {flag}: {e}")
+        _usage_error(f"{flag}: {e}")
+
+
+def _validate_tile(args):
+    from .nn.dehazers import tile_halo
+    if args.tile < 0:
+        _usage_error(f"--tile: tile must be >= 0 (0: never tile), got {args.tile}")
+    halo = tile_halo(args.patch, args.radius)
+    if 0 < args.tile < 2 * halo:
+        _usage_error(f"--tile: tile must be 0 or >= {2 * halo} (twice the halo patch//2 + 2*radius + 1 = {halo} "
+                     f"of each tile), got {args.tile}")
 
 
 def dehaze_image(img, *, patch=15, omega=0.95, top=0.001, radius=60, eps=1e-3, t0=0.1, tile=2048,
@@ -251,14 +341,18 @@ def dehaze_image(img, *, patch=15, omega=0.95, top=0.001, radius=60, eps=1e-3, t
 
 def cmd_dehaze(args) -> int:
     from .io import ImageReadError, read_image
+    # every usage error (status 2) before any file is read
     _validate_dcp_args(args)
-    if args.tile < 0:
-        raise SystemExit(f"fastdehaze: --tile must be >= 0, got {args.tile}")
+    _validate_tile(args)
     device = _resolve_device(args.device)
+    _make_output_folder(args.output)
     files, errors = expand_inputs(args.inputs)
     for e in errors:
         print(f"fastdehaze: {e}", file=sys.stderr)
-    os.makedirs(args.output, exist_ok=True)
+    if outdir_is_input_folder(args.inputs, files, args.output):
+        print(f"fastdehaze: warning: the output folder {args.output} is also an input folder: images an "
+              "earlier run wrote there are inputs of this run and are dehazed again under new names "
+              "(a.png -> a_1.png); this run's own outputs are never read", file=sys.stderr)
     plan = plan_outputs(files, args.output, args.save_transmission)
     failed = len(errors)
     from tqdm import tqdm
@@ -316,7 +410,7 @@ def _load_sample(name):
         raise SystemExit("fastdehaze demo: the bundled photos come from scikit-image (pip install scikit-image)")
     fn = getattr(skimage.data, name, None)
     if fn is None or not callable(fn):
-        raise SystemExit(f"fastdehaze demo: --image: scikit-image has no sample image {name!r}")
+        _usage_error(f"--image: scikit-image has no sample image {name!r}")
     a = fn()
     if a.ndim == 2:
         a = a[:, :, None].repeat(3, axis=2)
@@ -333,6 +427,7 @@ def cmd_demo(args) -> int:
     from .nn.dehazers import DarkChannelDehazer
     _validate_dcp_args(args)
     device = _resolve_device(args.device)
+    _make_output_folder(args.output)
     clean = torch.from_numpy(_load_sample(args.image)).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255
     size = 96 if args.quick and args.size is None else args.size
     if size:
@@ -388,7 +483,6 @@ def cmd_demo(args) -> int:
         return 1
     shown = next(b for b in ("cuda", "cpu", "triton", "reference") if b in results)
     side = torch.cat([hazy, results[shown], clean], dim=3)
-    os.makedirs(args.output, exist_ok=True)
     out = os.path.join(args.output, f"demo_{args.image}.png")
     write_atomic(out, quantize(side[0].permute(1, 2, 0).contiguous(), 8).numpy(), overwrite=True)
     print(f"fastdehaze demo: wrote {out} (hazy | dehazed with backend {shown} | clean); "

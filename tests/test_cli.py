@@ -4,6 +4,7 @@ Set FASTDEHAZE_CLI_TEST_BACKEND (e.g. "reference") to run these with another bac
 default "auto".
 """
 import os
+import stat
 import subprocess
 import sys
 
@@ -172,23 +173,131 @@ def test_exif_orientation_honoured(tmp_path):
 def test_tiled_equals_untiled_through_cli(tmp_path):
     a = _hazy_u8(H=45, W=52, seed=10)
     _save(tmp_path / "big.png", a)
-    assert _run(tmp_path / "big.png", "-o", tmp_path / "t", "--tile", "16", "--save-transmission") == 0
+    # halo at patch 5, radius 4: 2 + 8 + 1 = 11, so 22 is the smallest tile allowed (3 x 3 tiles here)
+    assert _run(tmp_path / "big.png", "-o", tmp_path / "t", "--tile", "22", "--save-transmission") == 0
     assert _run(tmp_path / "big.png", "-o", tmp_path / "u", "--tile", "0", "--save-transmission") == 0
     for name in ("big.png", "big_t.png"):
         tiled, whole = _read(tmp_path / "t" / name).pixels, _read(tmp_path / "u" / name).pixels
         assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1   # equal up to a rounding flip
 
 
+def _usage_error(capsys, argv):
+    """Run the CLI with ``argv``; assert exit status 2 and a one-line message; return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2, (argv, e.value.code)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdehaze: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("opt, value", [
+    ("--patch", "4"), ("--patch", "-3"), ("--top", "2"), ("--top", "-0.1"), ("--eps", "0"), ("--t0", "0"),
+    ("--t0", "1.5"), ("--omega", "nan"), ("--omega", "1.01"), ("--radius", "-1"), ("--tile", "-5"),
+    ("--device", "gpu"), ("--device", "cuda:x"), ("--device", "meta")])
+def test_bad_parameter_values_exit_2_before_any_file(tmp_path, capsys, opt, value):
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    out = tmp_path / "out"
+    line = _usage_error(capsys, ["dehaze", str(p), "-o", str(out), "--quiet", opt, value])
+    assert line.startswith(f"fastdehaze: {opt}: ") and value in line, line
+    assert not out.exists()          # checked before the output folder and any input
+
+
+def test_cuda_device_without_gpu_exits_2(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    for dev in ("cuda", "cuda:0"):
+        line = _usage_error(capsys, ["dehaze", str(p), "-o", str(tmp_path / "out"), "--device", dev])
+        assert "--device" in line and "no CUDA device" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_arguments(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--patch"):
-        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--patch", "4"])
-    with pytest.raises(SystemExit, match="--radius"):
-        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--radius", "-2"])
-    with pytest.raises(SystemExit, match="--tile"):
-        cli.main(["dehaze", "x.png", "-o", str(tmp_path), "--tile", "-1"])
-    with pytest.raises(SystemExit):   # argparse: missing -o
+    assert "--patch" in _usage_error(capsys, ["dehaze", "x.png", "-o", str(tmp_path), "--patch", "4"])
+    assert "--radius" in _usage_error(capsys, ["dehaze", "x.png", "-o", str(tmp_path), "--radius", "-2"])
+    assert "--tile" in _usage_error(capsys, ["dehaze", "x.png", "-o", str(tmp_path), "--tile", "-1"])
+    with pytest.raises(SystemExit) as e:   # argparse: missing -o
         cli.main(["dehaze", "x.png"])
+    assert e.value.code == 2
     assert "-o/--output" in capsys.readouterr().err
+
+
+def test_bad_value_exit_status_through_python_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastdehaze", "dehaze", "x.png", "-o", str(tmp_path / "o"),
+                        "--eps", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fastdehaze: --eps: eps must be in (0.0, inf], got 0.0"], r.stderr
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, capsys):
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    # OUTDIR is an existing file (FileExistsError), or below a file (NotADirectoryError)
+    for outdir in (p, tmp_path / "a.png" / "sub"):
+        line = _usage_error(capsys, ["dehaze", str(p), "-o", str(outdir), *FAST])
+        assert line.startswith("fastdehaze: -o/--output: cannot create the output folder")
+        assert str(outdir) in line and "Traceback" not in line
+    if os.path.ismount("/sys"):       # sysfs: no new folders there, not even for root
+        line = _usage_error(capsys, ["dehaze", str(p), "-o", "/sys/fastdehaze_x", *FAST])
+        assert "/sys/fastdehaze_x" in line
+    assert _read(p).pixels.shape == (24, 31, 3)   # the input is untouched
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_output_file_mode_follows_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        cli.write_atomic(str(tmp_path / "x.png"), np.zeros((2, 2, 3), np.uint8))
+        p = _save(tmp_path / "in.png", _hazy_u8())
+        assert _run(p, "-o", tmp_path / "out", "--save-transmission") == 0
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "x.png", tmp_path / "out" / "in.png", tmp_path / "out" / "in_t.png"):
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~umask, (f, oct(os.stat(f).st_mode))
+    assert os.umask(old) == old                       # the umask is left as it was
+
+
+def test_tiny_tile_rejected(tmp_path, capsys):
+    p = _save(tmp_path / "a.png", _hazy_u8(H=45, W=52))
+    out = tmp_path / "out"
+    # defaults: halo 15//2 + 2*60 + 1 = 128, minimum tile 256
+    for tile in ("1", "7", "255"):
+        line = _usage_error(capsys, ["dehaze", str(p), "-o", str(out), "--quiet", "--tile", tile])
+        assert line.startswith("fastdehaze: --tile: ") and ">= 256" in line and tile in line
+    # with patch 5, radius 4 (FAST) the halo is 11: 21 is refused, 22 accepted
+    line = _usage_error(capsys, ["dehaze", str(p), "-o", str(out), *FAST, "--tile", "21"])
+    assert ">= 22" in line
+    assert not out.exists()
+    assert _run(p, "-o", out, "--tile", "22") == 0
+    r = subprocess.run([sys.executable, "-m", "fastdehaze", "dehaze", "--help"], capture_output=True, text=True)
+    assert ">= 256" in " ".join(r.stdout.split())
+
+
+def test_warns_once_when_outdir_is_an_input_folder(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    _save(src / "cones.png", _hazy_u8(seed=1))
+    _save(src / "tree.png", _hazy_u8(seed=2))
+    # first run into the input folder itself: warned once, outputs never read by this run
+    assert _run(src, "-o", src) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "also an input folder" in err and str(src) in err
+    assert sorted(os.listdir(src)) == ["cones.png", "cones_1.png", "tree.png", "tree_1.png"]
+    # a rerun reprocesses the earlier outputs (documented rules kept), again with one warning
+    assert _run(src, "-o", src) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1
+    assert "cones_1_1.png" in os.listdir(src) and "cones_2.png" in os.listdir(src)
+    # explicit files and glob patterns from that folder, and OUTDIR inside a '**' root
+    assert _run(src / "tree.png", str(src / "cones.p*g"), "-o", src, "--overwrite") == 0
+    assert capsys.readouterr().err.count("warning") == 1
+    assert cli.outdir_is_input_folder([str(tmp_path) + "/**/*.png"], [], str(src))
+    assert not cli.outdir_is_input_folder([str(src) + "/*.png"], [], str(tmp_path / "elsewhere"))
+    # no warning when OUTDIR is another folder
+    assert _run(src / "tree.png", "-o", tmp_path / "out") == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_info_and_python_m(capsys):
