@@ -6,6 +6,7 @@ run on CPU tensors always, on CUDA tensors only when ``FASTDEHAZE_CHECK_VALUES=1
 """
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -36,6 +37,8 @@ def image(x, name: str, *, channels: int | None = None, ndim: int = 4) -> torch.
         raise ValueError(f"{name} must have {ndim} dims [B,C,H,W], got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels, got shape {tuple(x.shape)}")
+    if ndim == 4 and x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one channel, got shape {tuple(x.shape)}")
     return x
 
 
@@ -61,3 +64,26 @@ def nonnegative(x, name: str) -> None:
             raise ValueError(f"{name} must be >= 0 (found negative values)")
     elif x < 0:
         raise ValueError(f"{name} must be >= 0, got {x}")
+
+
+def integer(v, name: str) -> int:
+    """``v`` as a Python int: ints and numpy integers (``operator.index``); bool and floats are a
+    TypeError naming the argument."""
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+
+
+def window_radius(r: int, H: int, W: int) -> int:
+    """A window radius past the image changes nothing (windows are clipped at the border), so the
+    fused kernels get ``min(r, max(H, W))``: no kernel sizes a buffer or a window from an
+    arbitrary int (``2 r + 1`` of r = 2**62 would overflow int64)."""
+    return min(r, max(H, W, 1))
+
+
+def window_patch(patch: int, H: int, W: int) -> int:
+    """The odd window side ``patch`` clamped like :func:`window_radius` (stays odd)."""
+    return 2 * window_radius(patch // 2, H, W) + 1

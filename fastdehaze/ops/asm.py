@@ -100,8 +100,10 @@ def recover(I, t, A, t0=0.1, clamp=None, *, backend="auto"):
     """
     _checks.image(I, "I")
     _checks.map_like(t, "t", I, "I")
-    if not isinstance(t0, torch.Tensor) and not isinstance(t0, bool) and isinstance(t0, (int, float)) and t0 <= 0:
+    if not isinstance(t0, torch.Tensor) and not isinstance(t0, bool) and isinstance(t0, (int, float)) and not t0 > 0:
         raise ValueError(f"t0 must be > 0, got {t0}")
+    if isinstance(t0, torch.Tensor) and _checks.value_checks_enabled(t0) and bool((~(t0 > 0)).any()):
+        raise ValueError("t0 must be > 0 (found values <= 0 or NaN)")
     lo, hi = _clamp_range(clamp)
     b = resolve_backend(backend, FAMILY, I.device)
     B, C = I.shape[:2]

@@ -70,10 +70,10 @@ _bright_channel = _make_channel_op("bright_channel", True)
 
 
 def _check_patch(patch, name="patch"):
-    if isinstance(patch, bool) or not isinstance(patch, int):
-        raise TypeError(f"{name} must be an int, got {type(patch).__name__}")
+    patch = _checks.integer(patch, name)
     if patch <= 0 or patch % 2 == 0:
         raise ValueError(f"{name} must be a positive odd integer, got {patch}")
+    return patch
 
 
 def dark_channel(I, patch=15, *, backend="auto"):
@@ -111,7 +111,7 @@ def bright_channel(I, patch=15, *, backend="auto"):
 
 def _channel(I, patch, backend, is_max):
     _checks.image(I, "I")
-    _check_patch(patch)
+    patch = _checks.window_patch(_check_patch(patch), *I.shape[2:])
     b = resolve_backend(backend, FAMILY, I.device)
     if b == "reference":
         return (_ref.bright_channel if is_max else _ref.dark_channel)(I, patch)
@@ -153,7 +153,7 @@ def atmospheric_light(I, dark=None, top=0.001, patch=15, *, backend="auto"):
         ValueError: bad shapes, top outside [0, 1], bad patch.
     """
     _checks.image(I, "I")
-    _check_patch(patch)
+    patch = _checks.window_patch(_check_patch(patch), *I.shape[2:])
     if isinstance(top, bool) or not isinstance(top, (int, float)):
         raise TypeError(f"top must be a float, got {type(top).__name__}")
     if not 0.0 <= top <= 1.0:
@@ -207,7 +207,7 @@ def transmission(I, A, omega=0.95, patch=15, *, backend="auto"):
         TypeError / ValueError: bad I, A, omega or patch (the message names the argument).
     """
     _checks.image(I, "I")
-    _check_patch(patch)
+    patch = _checks.window_patch(_check_patch(patch), *I.shape[2:])
     if isinstance(omega, bool) or not isinstance(omega, (int, float)):
         raise TypeError(f"omega must be a float, got {type(omega).__name__}")
     if not 0.0 <= omega <= 1.0:
@@ -279,7 +279,7 @@ def dehaze_dcp(I, patch=15, omega=0.95, top=0.001, r=60, eps=1e-3, t0=0.1, retur
         RuntimeError: the requested backend is unavailable for I's device.
     """
     _checks.image(I, "I")
-    _check_patch(patch)
+    patch = _checks.window_patch(_check_patch(patch), *I.shape[2:])
     for name, v, lo, hi in (("omega", omega, 0.0, 1.0), ("top", top, 0.0, 1.0), ("t0", t0, 0.0, 1.0),
                             ("eps", eps, 0.0, math.inf)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -290,10 +290,12 @@ def dehaze_dcp(I, patch=15, omega=0.95, top=0.001, r=60, eps=1e-3, t0=0.1, retur
         raise ValueError(f"t0 must be > 0, got {t0}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"r must be an int, got {type(r).__name__}")
+    r = _checks.integer(r, "r")
     if r < 0:
         raise ValueError(f"r must be >= 0, got {r}")
+    r = _checks.window_radius(r, *I.shape[2:])
+    if not isinstance(return_all, bool):
+        raise TypeError(f"return_all must be a bool, got {type(return_all).__name__}")
     b = resolve_backend(backend, FAMILY, I.device)
     I = I.detach()
     if b == "reference":

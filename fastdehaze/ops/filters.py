@@ -31,8 +31,7 @@ def _triton():
 
 
 def _radius(r, name="r"):
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"{name} must be an int, got {type(r).__name__}")
+    r = _checks.integer(r, name)
     if r < 0:
         raise ValueError(f"{name} must be >= 0, got {r}")
     return r
@@ -92,7 +91,7 @@ def box_filter(x, r, *, backend="auto"):
         RuntimeError: the requested backend is unavailable for x's device.
     """
     _checks.image(x, "x")
-    _radius(r)
+    r = _checks.window_radius(_radius(r), x.shape[2], x.shape[3])
     b = resolve_backend(backend, FAMILY, x.device)
     if r == 0:
         return x
@@ -163,12 +162,12 @@ def guided_filter(guide, src, r=60, eps=1e-3, subsample=1, *, backend="auto"):
     _checks.same_device("guide", guide, "src", src)
     if guide.shape[0] != src.shape[0] or guide.shape[2:] != src.shape[2:]:
         raise ValueError(f"guide {tuple(guide.shape)} and src {tuple(src.shape)} must have the same B, H, W")
-    _radius(r)
+    r = _checks.window_radius(_radius(r), src.shape[2], src.shape[3])
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    _radius(subsample, "subsample")
+    subsample = _radius(subsample, "subsample")
     if subsample < 1:
         raise ValueError(f"subsample must be >= 1, got {subsample}")
     b = resolve_backend(backend, FAMILY, src.device)
