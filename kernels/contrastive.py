@@ -111,12 +111,8 @@ def _dense_ref(a):
     return a if a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last) else a.contiguous()
 
 
-def contrastive_loss(anchors, positives, negatives, layer_weights, negative_weights, eps, ablation, save_signs):
-    """(loss 0-d, dists [L, 1 + K], signs) in the compute dtype of the weights.
-
-    ``signs`` is always an empty uint8 tensor [0] (``save_signs`` is ignored: the packed signs
-    are a C++ CPU kernel feature) and the backward re-reads the features.
-    """
+def contrastive_loss(anchors, positives, negatives, layer_weights, negative_weights, eps, ablation):
+    """(loss 0-d, dists [L, 1 + K]) in the compute dtype of the weights."""
     refs = [_dense_ref(a) for a in anchors]
     layers, K = _layers(anchors, positives, negatives if not ablation else [], refs)
     K = len(negatives) // len(anchors)
@@ -140,12 +136,11 @@ def contrastive_loss(anchors, positives, negatives, layer_weights, negative_weig
     else:
         ratio = dists[:, 0] / ((dists[:, 1:] * negative_weights).sum(1) + eps)
     loss = (layer_weights * ratio).sum()
-    return loss, dists, torch.empty(0, dtype=torch.uint8, device=dev)
+    return loss, dists
 
 
-def contrastive_loss_backward(grad, anchors, positives, negatives, layer_weights, negative_weights, dists, signs,
-                              eps, ablation):
-    """Gradients of the anchors; ``signs`` (empty from the Triton forward) is ignored."""
+def contrastive_loss_backward(grad, anchors, positives, negatives, layer_weights, negative_weights, dists, eps,
+                              ablation):
     grads = [torch.empty_like(a) for a in anchors]
     layers, K = _layers(anchors, positives, negatives if not ablation else [], grads)
     K = len(negatives) // len(anchors)
@@ -165,12 +160,12 @@ def contrastive_loss_backward(grad, anchors, positives, negatives, layer_weights
     return grads
 
 
-def contrastive_distance(anchor, positive, negatives, negative_weights, eps, ablation, save_signs):
+def contrastive_distance(anchor, positive, negatives, negative_weights, eps, ablation):
     lw = torch.ones(1, dtype=negative_weights.dtype, device=anchor.device)
-    return contrastive_loss([anchor], [positive], negatives, lw, negative_weights, eps, ablation, save_signs)
+    return contrastive_loss([anchor], [positive], negatives, lw, negative_weights, eps, ablation)
 
 
-def contrastive_distance_backward(grad, anchor, positive, negatives, negative_weights, dists, signs, eps, ablation):
+def contrastive_distance_backward(grad, anchor, positive, negatives, negative_weights, dists, eps, ablation):
     lw = torch.ones(1, dtype=negative_weights.dtype, device=anchor.device)
-    return contrastive_loss_backward(grad, [anchor], [positive], negatives, lw, negative_weights, dists, signs, eps,
+    return contrastive_loss_backward(grad, [anchor], [positive], negatives, lw, negative_weights, dists, eps,
                                      ablation)[0]

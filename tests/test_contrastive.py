@@ -85,12 +85,11 @@ def test_opcheck(backend_device):
     flat = [n for layer in N for n in layer.unbind(0)]
     key = "triton" if b == "triton" else "native"
     for abl in (False, True):
-        for save in (False, True):  # save_signs: packed signs for the CPU backward (ignored elsewhere)
-            torch.library.opcheck(C._loss.ops()[key], (A, P, flat, lw, w, 1e-7, abl, save))
-            torch.library.opcheck(C._distance.ops()[key], (A[0], P[0], list(N[0].unbind(0)), w, 1e-7, abl, save))
+        torch.library.opcheck(C._loss.ops()[key], (A, P, flat, lw, w, 1e-7, abl))
+        torch.library.opcheck(C._distance.ops()[key], (A[0], P[0], list(N[0].unbind(0)), w, 1e-7, abl))
     a32 = A[0].detach().float().requires_grad_()
     torch.library.opcheck(C._distance.ops()[key], (a32, P[0].float(), [N[0][0].float()],
-                                                   torch.ones(1, device=dev), 1e-7, False, True))
+                                                   torch.ones(1, device=dev), 1e-7, False))
 
 
 def test_compile_fullgraph(backend_device):
@@ -289,59 +288,3 @@ def test_many_negatives_and_block_edges(K, dtype):
     w = tuple((w / w.sum()).tolist())
     tol = (1e-10, 1e-12) if dtype == torch.float64 else (1e-5, 1e-7)
     _check("cpu", "cpu", A, P, N, (0.5, 1.0, 2.0), w, rtol=tol[0], atol=tol[1])
-
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("K", [1, 3, 10])
-def test_cpu_packed_signs_backward(K, dtype):
-    """The C++ CPU backward from the forward's packed signs (save_signs) equals the float64
-    reference with exact ties (sign 0) and NaN (sign 0 too), over several tasks with a ragged
-    tail, channels_last, and more negatives than one sweep holds (K = 10)."""
-    if C._loss.native is None:
-        pytest.skip("C++ CPU extension not built")
-    g = torch.Generator().manual_seed(K)
-    shapes = [(2, 3, 41, 53), (1, 5, 3, 7)]  # 13038 elements: 4 tasks with a tail of 750; and 105
-    A = [torch.randint(0, 4, s, generator=g).to(dtype) for s in shapes]  # small integers: many exact ties
-    P = [torch.randint(0, 4, s, generator=g).to(dtype) for s in shapes]
-    N = [torch.randint(0, 4, (K,) + s, generator=g).to(dtype) for s in shapes]
-    A[0] = A[0].contiguous(memory_format=torch.channels_last)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
-    wt = tuple((torch.rand(K, generator=g, dtype=torch.float64) + 0.1).tolist())
-    lw, w = torch.tensor([0.5, 1.0], dtype=cdt), torch.tensor(wt, dtype=cdt)
-    # gradients are ~1e-4 here: atol at the output dtype's resolution of that scale
-    tol = {torch.bfloat16: dict(rtol=2e-2, atol=1e-6), torch.float32: dict(rtol=1e-5, atol=1e-10),
-           torch.float64: dict(rtol=1e-10, atol=1e-16)}[dtype]
-
-    # ties only: the public function (saves the signs for K = 1) against the reference autograd in float64
-    A2 = [a.detach().clone().requires_grad_() for a in A]
-    F.contrastive_loss(A2, P, N, (0.5, 1.0), wt, backend="cpu").backward()
-    Ad = [a.detach().double().requires_grad_() for a in A]
-    R.contrastive_loss(Ad, [p.double() for p in P], [n.double() for n in N], (0.5, 1.0), wt).backward()
-    for l in range(2):
-        assert A2[l].grad.stride() == A[l].stride()
-        torch.testing.assert_close(A2[l].grad.double(), Ad[l].grad, **tol)
-
-    # NaN: sign(NaN) = 0 in the packed signs; finite dists given to the backward op
-    P[0].view(-1)[7] = float("nan")
-    N[0][0].view(-1)[1234] = float("nan")
-    N[1][K - 1].view(-1)[-1] = float("nan")
-    flat = [n for layer in N for n in layer.unbind(0)]
-    _, dists, signs = C._loss.native(A2, P, flat, lw, w, 1e-7, False, True)
-    assert signs.dtype == torch.uint8 and signs.numel() == (4 + 1) * (1 + K) * 1024
-    assert C._loss.native(A2, P, flat, lw, w, 1e-7, False, False)[2].numel() == 0
-    dists = dists.nan_to_num(0.75)
-    gsig = C._loss.native_backward(torch.tensor(1.5, dtype=cdt), A, P, flat, lw, w, dists, signs, 1e-7, False)
-    gre = C._loss.native_backward(torch.tensor(1.5, dtype=cdt), A, P, flat, lw, w, dists,
-                                  torch.empty(0, dtype=torch.uint8), 1e-7, False)
-    for l in range(2):
-        a, d = A[l].double(), dists[l].double()
-        D = (w.double() * d[1:]).sum() + 1e-7
-        sp = torch.sign(a - P[l].double()).nan_to_num(0.0)
-        sn = sum(w.double()[k] * torch.sign(a - N[l][k].double()).nan_to_num(0.0) for k in range(K))
-        exp = 1.5 * lw.double()[l] / a.numel() * (sp / D - d[0] * sn / D ** 2)
-        assert torch.isfinite(gsig[l]).all()
-        torch.testing.assert_close(gsig[l].double(), exp, **tol)
-        torch.testing.assert_close(gsig[l], gre[l], rtol=0, atol=0)  # the re-reading backward, bit for bit
-    with pytest.raises(RuntimeError, match="signs must be"):
-        C._loss.native_backward(torch.tensor(1.0, dtype=cdt), A, P, flat, lw, w, dists, signs[:-1], 1e-7, False)

@@ -38,9 +38,6 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "fastdehaze/contrastive_math.h"
 #include "fastdehaze/cpu_utils.h"
@@ -137,93 +134,12 @@ inline op_t hsum(vec<op_t> v) {  // pairwise fold of the lanes
   return t[0];
 }
 
-// ---- packed signs -------------------------------------------------------------------------------
-//
-// The forward can also save sign(a - p) and every sign(a - n_k) packed as 2 bits per pair and
-// element, so that the backward reads those bits instead of a, p and every n_k again. Layout
-// (uint8): task t of the flat task list owns Qr = 1 + K planes pairs of kSignBytes bytes from
-// byte t * Qr * kSignBytes; pair q (0: the positive, 1 + k: negative k) holds a "x > 0" bit
-// plane of kChunk bits followed by a "x < 0" bit plane of kChunk bits, element i of the task
-// at bit i % 8 of byte i / 8. sign = pos - neg: 0 for x == 0 and for NaN (neither bit), as
-// vsign gives.
-constexpr int64_t kPlaneBytes = kChunk / 8;
-constexpr int64_t kSignBytes = 2 * kPlaneBytes;  // per pair and task
-
-template <typename op_t>
-using bits_t = std::conditional_t<Vec<op_t>::W == 16, uint16_t, uint8_t>;
-
-// Bits j of pos / neg: lane j of x is > 0 / < 0 (NaN: neither).
-template <typename op_t>
-inline void vsignbits(vec<op_t> x, bits_t<op_t>& pos, bits_t<op_t>& neg) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<op_t, float>) {
-    __m512 v;
-    std::memcpy(&v, &x, sizeof(v));
-    pos = static_cast<bits_t<op_t>>(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ));
-    neg = static_cast<bits_t<op_t>>(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ));
-  } else {
-    __m512d v;
-    std::memcpy(&v, &x, sizeof(v));
-    pos = static_cast<bits_t<op_t>>(_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_GT_OQ));
-    neg = static_cast<bits_t<op_t>>(_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ));
-  }
-#else
-  const vec<op_t> zero = splat<op_t>(op_t(0));
-  const mask<op_t> gt = x > zero, lt = x < zero;
-  unsigned p = 0, q = 0;
-  for (int j = 0; j < Vec<op_t>::W; ++j) {
-    p |= static_cast<unsigned>(gt[j] & 1) << j;
-    q |= static_cast<unsigned>(lt[j] & 1) << j;
-  }
-  pos = static_cast<bits_t<op_t>>(p);
-  neg = static_cast<bits_t<op_t>>(q);
-#endif
-}
-
-// The sign vector (1, -1 or 0 per lane) of bits pos / neg.
-template <typename op_t>
-inline vec<op_t> vsigndecode(bits_t<op_t> pos, bits_t<op_t> neg) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<op_t, float>) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 r = _mm512_sub_ps(_mm512_maskz_mov_ps(pos, one), _mm512_maskz_mov_ps(neg, one));
-    vec<op_t> v;
-    std::memcpy(&v, &r, sizeof(v));
-    return v;
-  } else {
-    const __m512d one = _mm512_set1_pd(1.0);
-    const __m512d r = _mm512_sub_pd(_mm512_maskz_mov_pd(pos, one), _mm512_maskz_mov_pd(neg, one));
-    vec<op_t> v;
-    std::memcpy(&v, &r, sizeof(v));
-    return v;
-  }
-#else
-  vec<op_t> v;
-  for (int j = 0; j < Vec<op_t>::W; ++j)
-    v[j] = static_cast<op_t>((pos >> j) & 1) - static_cast<op_t>((neg >> j) & 1);
-  return v;
-#endif
-}
-
-template <typename op_t>
-inline void put_bits(uint8_t* plane, int64_t i, bits_t<op_t> b) {  // i: a multiple of W
-  std::memcpy(plane + i / 8, &b, sizeof(b));
-}
-
-template <typename op_t>
-inline bits_t<op_t> get_bits(const uint8_t* plane, int64_t i) {
-  bits_t<op_t> b;
-  std::memcpy(&b, plane + i / 8, sizeof(b));
-  return b;
-}
-
 // ---- forward sweep ------------------------------------------------------------------------------
 
 // One sweep over n elements: out[0] += sum |a - p| (when P), out[P + k] += sum |a - n_k|, k < KC.
-// With S, the signs of a - p (when P) and a - n_k go to the pairs P + k of sg (packed signs).
-template <typename scalar_t, typename op_t, int KC, bool P, bool S>
+template <typename scalar_t, typename op_t, int KC, bool P>
 void fwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, const scalar_t* const* negs,
-               int64_t n, double* out, uint8_t* __restrict__ sg) {
+               int64_t n, double* out) {
   constexpr int W = Vec<op_t>::W;
   const scalar_t* __restrict__ nk[KC > 0 ? KC : 1];
   for (int k = 0; k < KC; ++k) nk[k] = negs[k];
@@ -233,80 +149,32 @@ void fwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, c
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const vec<op_t> av = vload<scalar_t, op_t>(a + i);
-    if constexpr (P) {
-      const vec<op_t> x = av - vload<scalar_t, op_t>(p + i);
-      ap += vabs<op_t>(x);
-      if constexpr (S) {
-        bits_t<op_t> bp, bn;
-        vsignbits<op_t>(x, bp, bn);
-        put_bits<op_t>(sg, i, bp);
-        put_bits<op_t>(sg + kPlaneBytes, i, bn);
-      }
-    }
-    for (int k = 0; k < KC; ++k) {
-      const vec<op_t> x = av - vload<scalar_t, op_t>(nk[k] + i);
-      an[k] += vabs<op_t>(x);
-      if constexpr (S) {
-        bits_t<op_t> bp, bn;
-        vsignbits<op_t>(x, bp, bn);
-        uint8_t* q = sg + (P + k) * kSignBytes;
-        put_bits<op_t>(q, i, bp);
-        put_bits<op_t>(q + kPlaneBytes, i, bn);
-      }
-    }
+    if constexpr (P) ap += vabs<op_t>(av - vload<scalar_t, op_t>(p + i));
+    for (int k = 0; k < KC; ++k) an[k] += vabs<op_t>(av - vload<scalar_t, op_t>(nk[k] + i));
   }
   op_t tp = 0, tn[KC > 0 ? KC : 1] = {};
-  unsigned spp = 0, spn = 0, snp[KC > 0 ? KC : 1] = {}, snn[KC > 0 ? KC : 1] = {};
-  const int64_t i0 = i;
   for (; i < n; ++i) {
     const op_t av = static_cast<op_t>(a[i]);
-    const int j = static_cast<int>(i - i0);
-    if constexpr (P) {
-      const op_t x = av - static_cast<op_t>(p[i]);
-      tp += std::abs(x);
-      spp |= static_cast<unsigned>(x > op_t(0)) << j;
-      spn |= static_cast<unsigned>(x < op_t(0)) << j;
-    }
-    for (int k = 0; k < KC; ++k) {
-      const op_t x = av - static_cast<op_t>(nk[k][i]);
-      tn[k] += std::abs(x);
-      snp[k] |= static_cast<unsigned>(x > op_t(0)) << j;
-      snn[k] |= static_cast<unsigned>(x < op_t(0)) << j;
-    }
-  }
-  if constexpr (S) {
-    if (i0 < n) {  // the tail's slot (the task's planes always hold kChunk bits)
-      if constexpr (P) {
-        put_bits<op_t>(sg, i0, static_cast<bits_t<op_t>>(spp));
-        put_bits<op_t>(sg + kPlaneBytes, i0, static_cast<bits_t<op_t>>(spn));
-      }
-      for (int k = 0; k < KC; ++k) {
-        uint8_t* q = sg + (P + k) * kSignBytes;
-        put_bits<op_t>(q, i0, static_cast<bits_t<op_t>>(snp[k]));
-        put_bits<op_t>(q + kPlaneBytes, i0, static_cast<bits_t<op_t>>(snn[k]));
-      }
-    }
+    if constexpr (P) tp += std::abs(av - static_cast<op_t>(p[i]));
+    for (int k = 0; k < KC; ++k) tn[k] += std::abs(av - static_cast<op_t>(nk[k][i]));
   }
   if constexpr (P) out[0] += static_cast<double>(hsum<op_t>(ap) + tp);
   for (int k = 0; k < KC; ++k) out[P + k] += static_cast<double>(hsum<op_t>(an[k]) + tn[k]);
 }
 
-template <typename scalar_t, typename op_t, bool P, bool S>
-void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, int64_t n, double* out,
-               uint8_t* sg) {
-#define FD_FWD(KC) return fwd_sweep<scalar_t, op_t, KC, P, S>(a, p, negs, n, out, sg)
+template <typename scalar_t, typename op_t, bool P>
+void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, int64_t n, double* out) {
   switch (kc) {
-    case 0: FD_FWD(0);
-    case 1: FD_FWD(1);
-    case 2: FD_FWD(2);
-    case 3: FD_FWD(3);
-    case 4: FD_FWD(4);
-    case 5: FD_FWD(5);
-    case 6: FD_FWD(6);
-    case 7: FD_FWD(7);
-    default: FD_FWD(8);
+    case 0: return fwd_sweep<scalar_t, op_t, 0, P>(a, p, negs, n, out);
+    case 1: return fwd_sweep<scalar_t, op_t, 1, P>(a, p, negs, n, out);
+    case 2: return fwd_sweep<scalar_t, op_t, 2, P>(a, p, negs, n, out);
+    case 3: return fwd_sweep<scalar_t, op_t, 3, P>(a, p, negs, n, out);
+    case 4: return fwd_sweep<scalar_t, op_t, 4, P>(a, p, negs, n, out);
+    case 5: return fwd_sweep<scalar_t, op_t, 5, P>(a, p, negs, n, out);
+    case 6: return fwd_sweep<scalar_t, op_t, 6, P>(a, p, negs, n, out);
+    case 7: return fwd_sweep<scalar_t, op_t, 7, P>(a, p, negs, n, out);
+    default: return fwd_sweep<scalar_t, op_t, 8, P>(a, p, negs, n, out);
   }
-#undef FD_FWD
 }
 
 // ---- backward sweep -----------------------------------------------------------------------------
@@ -372,26 +240,6 @@ void bwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* con
 #undef FD_BWD
 }
 
-// grad = cp sign_0 - sum_{k < Kr} c_k sign_{1 + k} from the packed signs of one task (n <= kChunk).
-template <typename scalar_t, typename op_t>
-void bwd_from_signs(const uint8_t* __restrict__ sg, int64_t Kr, op_t cp, const op_t* c, int64_t n,
-                    scalar_t* __restrict__ out) {
-  constexpr int W = Vec<op_t>::W;
-  const vec<op_t> vp = splat<op_t>(cp);
-  for (int64_t i = 0; i < n; i += W) {
-    vec<op_t> r = vp * vsigndecode<op_t>(get_bits<op_t>(sg, i), get_bits<op_t>(sg + kPlaneBytes, i));
-    for (int64_t k = 0; k < Kr; ++k) {
-      const uint8_t* q = sg + (1 + k) * kSignBytes;
-      r -= splat<op_t>(c[k]) * vsigndecode<op_t>(get_bits<op_t>(q, i), get_bits<op_t>(q + kPlaneBytes, i));
-    }
-    if (i + W <= n) {
-      vstore<scalar_t, op_t>(out + i, r);
-    } else {
-      for (int64_t j = 0; j < n - i; ++j) out[i + j] = static_cast<scalar_t>(r[j]);
-    }
-  }
-}
-
 // ---- layers and tasks ---------------------------------------------------------------------------
 
 // x in the memory layout of ref (same sizes): x itself when its strides already agree.
@@ -410,12 +258,8 @@ struct Layers {
 
 // Tasks split a layer at multiples of kChunk elements from the start of its storage; a float32
 // output allocated by the CPU allocator is 64-byte aligned, so every task's output is too.
-// layout: the tensors whose memory order to read in (the gradients in the backward); without,
-// a dense anchor's own order, else the order of at::empty_like(anchor) (the one its gradient
-// gets, so packed signs saved by the forward match the backward's element order). Without
-// `data` only the shapes are checked and the tasks laid out (nothing is copied).
 Layers prepare(const char* op, at::TensorList anchors, at::TensorList positives, at::TensorList negatives,
-               const at::Tensor& w, bool ablation, const std::vector<at::Tensor>* layout, bool data = true) {
+               const at::Tensor& w, bool ablation, const std::vector<at::Tensor>* layout) {
   Layers s;
   s.L = static_cast<int64_t>(anchors.size());
   TORCH_CHECK(s.L >= 1, "fastdehaze::", op, ": at least one layer is needed");
@@ -432,29 +276,15 @@ Layers prepare(const char* op, at::TensorList anchors, at::TensorList positives,
     TORCH_CHECK(a.scalar_type() == dt && positives[l].scalar_type() == dt, "fastdehaze::", op,
                 ": all features must share one dtype");
     TORCH_CHECK(positives[l].sizes() == a.sizes(), "fastdehaze::", op, ": positive must have the anchor's shape");
+    const at::Tensor ref =
+        layout ? (*layout)[l] : (a.is_non_overlapping_and_dense() ? a : a.contiguous());
+    s.a.push_back(conform(a, ref));
+    s.p.push_back(conform(positives[l], ref));
     for (int64_t k = 0; k < s.K; ++k) {
       const auto& n = negatives[l * s.K + k];
       TORCH_CHECK(n.sizes() == a.sizes() && n.scalar_type() == dt, "fastdehaze::", op,
                   ": each negative must have the anchor's shape and dtype");
-    }
-    if (data) {
-      at::Tensor ref;
-      if (layout) {
-        ref = (*layout)[l];
-        s.a.push_back(conform(a, ref));
-      } else if (a.is_non_overlapping_and_dense()) {
-        ref = a;
-        s.a.push_back(a);
-      } else {
-        ref = at::empty_like(a);
-        ref.copy_(a);
-        s.a.push_back(ref);
-      }
-      s.p.push_back(conform(positives[l], ref));
-      for (int64_t k = 0; k < s.K; ++k) {
-        const auto& n = negatives[l * s.K + k];
-        s.n.push_back(ablation ? n : conform(n, ref));
-      }
+      s.n.push_back(ablation ? n : conform(n, ref));
     }
     s.N.push_back(a.numel());
     s.task0.push_back(s.task0.back() + (a.numel() + kChunk - 1) / kChunk);
@@ -501,23 +331,14 @@ void advise_huge(const at::Tensor& t) {
 
 // ---- ops ----------------------------------------------------------------------------------------
 
-// Bytes of the packed signs of a call (the fake implementation computes the same number).
-int64_t signs_bytes(const Layers& s, bool ablation) {
-  return s.task0.back() * (1 + (ablation ? 0 : s.K)) * kSignBytes;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors,
-                                                            at::TensorList positives, at::TensorList negatives,
-                                                            const at::Tensor& lw, const at::Tensor& w, double eps,
-                                                            bool ablation, bool save_signs) {
+std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors, at::TensorList positives,
+                                                at::TensorList negatives, const at::Tensor& lw, const at::Tensor& w,
+                                                double eps, bool ablation) {
   const Layers s = prepare(op, anchors, positives, negatives, w, ablation, nullptr);
   TORCH_CHECK(lw.dim() == 1 && lw.numel() == s.L, "fastdehaze::", op, ": layer_weights must be [L]");
   const int64_t Q = 1 + s.K;  // columns of the dists table
   auto loss = at::empty({}, w.options());
   auto dists = at::empty({s.L, Q}, w.options());
-  auto signs = at::empty({save_signs ? signs_bytes(s, ablation) : 0}, w.options().dtype(at::kByte));
-  advise_huge(signs);
-  uint8_t* sgp = save_signs ? signs.mutable_data_ptr<uint8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.a[0].scalar_type(), "contrastive_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
     TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<op_t>::value && lw.scalar_type() == w.scalar_type(),
@@ -533,22 +354,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::
       const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
       const scalar_t* negs[kMaxGroup];
       double* out = part.data() + task * Qr;
-      uint8_t* sg = sgp ? sgp + task * Qr * kSignBytes : nullptr;
-      if (sg && n < kChunk) std::memset(sg, 0, Qr * kSignBytes);  // a layer's last task: no stale bits
       for (int64_t k0 = 0; k0 == 0 || k0 < Kr; k0 += kMaxGroup) {
         const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
         for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
-        if (k0 == 0) {
-          if (sg)
-            fwd_group<scalar_t, op_t, true, true>(kc, a, p, negs, n, out, sg);
-          else
-            fwd_group<scalar_t, op_t, true, false>(kc, a, p, negs, n, out, nullptr);
-        } else {
-          if (sg)
-            fwd_group<scalar_t, op_t, false, true>(kc, a, p, negs, n, out + 1 + k0, sg + (1 + k0) * kSignBytes);
-          else
-            fwd_group<scalar_t, op_t, false, false>(kc, a, p, negs, n, out + 1 + k0, nullptr);
-        }
+        if (k0 == 0)
+          fwd_group<scalar_t, op_t, true>(kc, a, p, negs, n, out);
+        else
+          fwd_group<scalar_t, op_t, false>(kc, a, p, negs, n, out + 1 + k0);
       }
     });
     op_t* dp = dists.mutable_data_ptr<op_t>();
@@ -568,31 +380,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::
     }
     *loss.mutable_data_ptr<op_t>() = static_cast<op_t>(total);
   });
-  return {loss, dists, signs};
+  return {loss, dists};
 }
 
 std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at::TensorList anchors,
                                       at::TensorList positives, at::TensorList negatives, const at::Tensor& lw,
-                                      const at::Tensor& w, const at::Tensor& dists, const at::Tensor& signs,
-                                      double eps, bool ablation) {
+                                      const at::Tensor& w, const at::Tensor& dists, double eps, bool ablation) {
   std::vector<at::Tensor> grads;
   for (const auto& a : anchors) {
     grads.push_back(at::empty_like(a));
     advise_huge(grads.back());
   }
-  // With packed signs from the forward (non-empty `signs`) the features are not read at all.
-  const bool use_signs = signs.numel() > 0;
-  const Layers s = prepare(op, anchors, positives, negatives, w, ablation, &grads, !use_signs);
-  if (use_signs)
-    TORCH_CHECK(signs.scalar_type() == at::kByte && signs.dim() == 1 && signs.is_contiguous() &&
-                    signs.numel() == signs_bytes(s, ablation),
-                "fastdehaze::", op, ": signs must be the packed signs of the forward (uint8 [",
-                signs_bytes(s, ablation), "]) or empty");
-  const uint8_t* sgp = use_signs ? signs.const_data_ptr<uint8_t>() : nullptr;
+  const Layers s = prepare(op, anchors, positives, negatives, w, ablation, &grads);
   const int64_t Q = 1 + s.K;
   TORCH_CHECK(dists.dim() == 2 && dists.size(0) == s.L && dists.size(1) == Q, "fastdehaze::", op,
               ": dists must be [L, 1 + K]");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors[0].scalar_type(), "contrastive_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.a[0].scalar_type(), "contrastive_backward_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
     auto dc = dists.to(w.scalar_type()).contiguous();
     const op_t* dp = dc.const_data_ptr<op_t>();
@@ -610,14 +413,10 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
     for_each_task(s.task0.back(), true, [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
       const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
-      scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
-      const op_t* c = coef.data() + l * Kr;
-      if (sgp) {
-        bwd_from_signs<scalar_t, op_t>(sgp + task * (1 + Kr) * kSignBytes, Kr, cp[l], c, n, out);
-        return;
-      }
       const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
       const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
+      scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
+      const op_t* c = coef.data() + l * Kr;
       const scalar_t* negs[kMaxGroup];
       if (Kr <= kMaxGroup) {  // the usual case: one sweep
         for (int64_t k = 0; k < Kr; ++k) negs[k] = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
@@ -640,37 +439,32 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
   return grads;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_cpu(const at::Tensor& anchor,
-                                                                        const at::Tensor& positive,
-                                                                        at::TensorList negatives, const at::Tensor& w,
-                                                                        double eps, bool ablation, bool save_signs) {
+std::tuple<at::Tensor, at::Tensor> contrastive_distance_cpu(const at::Tensor& anchor, const at::Tensor& positive,
+                                                            at::TensorList negatives, const at::Tensor& w,
+                                                            double eps, bool ablation) {
   auto lw = at::ones({1}, w.options());
-  return forward_impl("contrastive_distance", {anchor}, {positive}, negatives, lw, w, eps, ablation, save_signs);
+  return forward_impl("contrastive_distance", {anchor}, {positive}, negatives, lw, w, eps, ablation);
 }
 
 at::Tensor contrastive_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& anchor,
                                              const at::Tensor& positive, at::TensorList negatives, const at::Tensor& w,
-                                             const at::Tensor& dists, const at::Tensor& signs, double eps,
-                                             bool ablation) {
+                                             const at::Tensor& dists, double eps, bool ablation) {
   auto lw = at::ones({1}, w.options());
-  return backward_impl("contrastive_distance_backward", grad, {anchor}, {positive}, negatives, lw, w, dists, signs,
-                       eps, ablation)[0];
+  return backward_impl("contrastive_distance_backward", grad, {anchor}, {positive}, negatives, lw, w, dists, eps,
+                       ablation)[0];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_cpu(at::TensorList anchors, at::TensorList positives,
-                                                                    at::TensorList negatives, const at::Tensor& lw,
-                                                                    const at::Tensor& w, double eps, bool ablation,
-                                                                    bool save_signs) {
-  return forward_impl("contrastive_loss", anchors, positives, negatives, lw, w, eps, ablation, save_signs);
+std::tuple<at::Tensor, at::Tensor> contrastive_loss_cpu(at::TensorList anchors, at::TensorList positives,
+                                                        at::TensorList negatives, const at::Tensor& lw,
+                                                        const at::Tensor& w, double eps, bool ablation) {
+  return forward_impl("contrastive_loss", anchors, positives, negatives, lw, w, eps, ablation);
 }
 
 std::vector<at::Tensor> contrastive_loss_backward_cpu(const at::Tensor& grad, at::TensorList anchors,
                                                       at::TensorList positives, at::TensorList negatives,
                                                       const at::Tensor& lw, const at::Tensor& w,
-                                                      const at::Tensor& dists, const at::Tensor& signs, double eps,
-                                                      bool ablation) {
-  return backward_impl("contrastive_loss_backward", grad, anchors, positives, negatives, lw, w, dists, signs, eps,
-                       ablation);
+                                                      const at::Tensor& dists, double eps, bool ablation) {
+  return backward_impl("contrastive_loss_backward", grad, anchors, positives, negatives, lw, w, dists, eps, ablation);
 }
 
 }  // namespace

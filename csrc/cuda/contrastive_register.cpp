@@ -89,7 +89,7 @@ void for_each_table(const Layers& s, const std::vector<at::Tensor>* grads, F fn)
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors, at::TensorList positives,
+std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors, at::TensorList positives,
                                                 at::TensorList negatives, const at::Tensor& lw, const at::Tensor& w,
                                                 double eps, bool ablation) {
   c10::cuda::CUDAGuard guard(anchors.empty() ? w.device() : anchors[0].device());
@@ -114,8 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::
       check_launch(op);
     });
   });
-  // No packed signs on CUDA (save_signs is for the CPU kernel): the backward re-reads the features.
-  return {term.sum(), dists, at::empty({0}, w.options().dtype(at::kByte))};
+  return {term.sum(), dists};
 }
 
 std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at::TensorList anchors,
@@ -144,39 +143,32 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
   return grads;
 }
 
-// save_signs and signs are ignored here: the CUDA forward returns an empty signs tensor and the
-// CUDA backward always re-reads the features (whatever signs holds).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_cuda(const at::Tensor& anchor,
-                                                                         const at::Tensor& positive,
-                                                                         at::TensorList negatives,
-                                                                         const at::Tensor& w, double eps,
-                                                                         bool ablation, bool /*save_signs*/) {
+std::tuple<at::Tensor, at::Tensor> contrastive_distance_cuda(const at::Tensor& anchor, const at::Tensor& positive,
+                                                             at::TensorList negatives, const at::Tensor& w,
+                                                             double eps, bool ablation) {
   auto lw = at::ones({1}, w.options());
   return forward_impl("contrastive_distance", {anchor}, {positive}, negatives, lw, w, eps, ablation);
 }
 
 at::Tensor contrastive_distance_backward_cuda(const at::Tensor& grad, const at::Tensor& anchor,
                                               const at::Tensor& positive, at::TensorList negatives,
-                                              const at::Tensor& w, const at::Tensor& dists,
-                                              const at::Tensor& /*signs*/, double eps, bool ablation) {
+                                              const at::Tensor& w, const at::Tensor& dists, double eps,
+                                              bool ablation) {
   auto lw = at::ones({1}, w.options());
   return backward_impl("contrastive_distance_backward", grad, {anchor}, {positive}, negatives, lw, w, dists, eps,
                        ablation)[0];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_cuda(at::TensorList anchors,
-                                                                     at::TensorList positives,
-                                                                     at::TensorList negatives, const at::Tensor& lw,
-                                                                     const at::Tensor& w, double eps, bool ablation,
-                                                                     bool /*save_signs*/) {
+std::tuple<at::Tensor, at::Tensor> contrastive_loss_cuda(at::TensorList anchors, at::TensorList positives,
+                                                         at::TensorList negatives, const at::Tensor& lw,
+                                                         const at::Tensor& w, double eps, bool ablation) {
   return forward_impl("contrastive_loss", anchors, positives, negatives, lw, w, eps, ablation);
 }
 
 std::vector<at::Tensor> contrastive_loss_backward_cuda(const at::Tensor& grad, at::TensorList anchors,
                                                        at::TensorList positives, at::TensorList negatives,
                                                        const at::Tensor& lw, const at::Tensor& w,
-                                                       const at::Tensor& dists, const at::Tensor& /*signs*/,
-                                                       double eps, bool ablation) {
+                                                       const at::Tensor& dists, double eps, bool ablation) {
   return backward_impl("contrastive_loss_backward", grad, anchors, positives, negatives, lw, w, dists, eps, ablation);
 }
 

@@ -4,14 +4,9 @@
 // float32 inputs, float64 for float64). The Triton variants (`<name>_triton`) are defined in
 // Python with the same schemas.
 //
-// Both forward ops return (loss, dists, signs): loss a 0-d tensor of the compute dtype, dists the
-// [L, 1 + K] table of mean distances (column 0 d(a,p), column 1 + k d(a,n_k)), and signs a
-// uint8 tensor, both saved for the backward (not differentiable). signs holds sign(a - p) and
-// every sign(a - n_k) packed 2 bits per pair and element (layout: csrc/cpu/contrastive.cpp),
-// written only by the C++ CPU kernel and only when save_signs (the Python layer sets it when an
-// anchor needs a gradient); otherwise, and always on CUDA and in Triton, it is empty [0]. The
-// backward ops take it back: non-empty, the CPU backward reads the signs instead of the
-// features; empty, every backend re-reads anchor, positive and negatives. All features share one dtype; the features of one layer share
+// Both forward ops return (loss, dists): loss a 0-d tensor of the compute dtype and dists the
+// [L, 1 + K] table of mean distances (column 0 d(a,p), column 1 + k d(a,n_k)), saved for the
+// backward (not differentiable). All features share one dtype; the features of one layer share
 // one shape; any strides (read in the anchor's memory order when the strides agree).
 #include <torch/library.h>
 #include "fastdehaze/common.h"
@@ -19,17 +14,17 @@
 TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // One layer: anchor, positive [*]; negatives K tensors [*]; negative_weights [K].
   m.def("contrastive_distance(Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, "
-        "float eps, bool ablation, bool save_signs) -> (Tensor, Tensor, Tensor)");
+        "float eps, bool ablation) -> (Tensor, Tensor)");
   // -> grad of the anchor (like anchor).
   m.def("contrastive_distance_backward(Tensor grad, Tensor anchor, Tensor positive, Tensor[] negatives, "
-        "Tensor negative_weights, Tensor dists, Tensor signs, float eps, bool ablation) -> Tensor");
+        "Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor");
   // L layers: anchors[l], positives[l]; negatives flat, layer-major: negatives[l * K + k];
   // layer_weights [L]; negative_weights [K] shared by the layers.
   m.def("contrastive_loss(Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, "
-        "Tensor negative_weights, float eps, bool ablation, bool save_signs) -> (Tensor, Tensor, Tensor)");
+        "Tensor negative_weights, float eps, bool ablation) -> (Tensor, Tensor)");
   // -> grads of the anchors (each like its anchor).
   m.def("contrastive_loss_backward(Tensor grad, Tensor[] anchors, Tensor[] positives, Tensor[] negatives, "
-        "Tensor layer_weights, Tensor negative_weights, Tensor dists, Tensor signs, float eps, bool ablation) -> Tensor[]");
+        "Tensor layer_weights, Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor[]");
 }
 
 FD_PYTHON_MODULE(_C_contrastive)

@@ -54,109 +54,75 @@ def _triton():
 
 
 # ---- registered ops ---------------------------------------------------------------------------
-#
-# The forward ops return (loss, dists, signs). signs: the packed signs of a - p and a - n_k that
-# the C++ CPU forward writes when save_signs is set (2 bits per pair and element; layout in
-# csrc/cpu/contrastive.cpp), so that the CPU backward reads them instead of re-reading a, p and
-# every n_k; empty [0] otherwise, and always from CUDA and Triton (their backward, and the CPU
-# one given an empty signs, re-read the features). save_signs is set in Python (_save_signs)
-# only for the C++ CPU path with an anchor that needs a gradient.
 
-_SIGN_CHUNK = 4096  # kChunk of csrc/cpu/contrastive.cpp: elements per task
-_SIGN_BYTES = _SIGN_CHUNK // 4  # kSignBytes: 2 bit planes of kChunk bits per pair and task
+def _distance_fake(anchor, positive, negatives, w, eps, ablation):
+    return w.new_empty(()), w.new_empty((1, 1 + len(negatives)))
 
 
-def _signs_fake(anchors, K, ablation, save_signs):
-    """The signs output (shape and dtype) of the C++ forward, as csrc/cpu/contrastive.cpp sizes it."""
-    dev = anchors[0].device
-    if not save_signs or dev.type != "cpu":
-        return anchors[0].new_empty((0,), dtype=torch.uint8)
-    tasks = sum((a.numel() + _SIGN_CHUNK - 1) // _SIGN_CHUNK for a in anchors)
-    return anchors[0].new_empty((tasks * (1 + (0 if ablation else K)) * _SIGN_BYTES,), dtype=torch.uint8)
-
-
-def _save_signs(backend: str, anchors, K: int) -> bool:
-    # Measured on a 2-core EPYC (benchmarks/bench_contrastive.py): fwd+bwd faster with the signs
-    # for K = 1 (about 13.4 -> 11.2 ms), slower for K = 6 (about 24 -> 39 ms; not yet analysed),
-    # so they are saved for K <= 1 (and ablation) only.
-    return backend == "cpu" and K <= 1 and torch.is_grad_enabled() and any(a.requires_grad for a in anchors)
-
-
-def _distance_fake(anchor, positive, negatives, w, eps, ablation, save_signs):
-    return (w.new_empty(()), w.new_empty((1, 1 + len(negatives))),
-            _signs_fake([anchor], len(negatives), ablation, save_signs))
-
-
-def _distance_backward_fake(grad, anchor, positive, negatives, w, dists, signs, eps, ablation):
+def _distance_backward_fake(grad, anchor, positive, negatives, w, dists, eps, ablation):
     return torch.empty_like(anchor)
 
 
 def _distance_setup(ctx, inputs, output):
-    anchor, positive, negatives, w, eps, ablation, _save = inputs
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(anchor, positive, w, output[1], output[2], *negatives)
+    anchor, positive, negatives, w, eps, ablation = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(anchor, positive, w, output[1], *negatives)
     ctx.args = (eps, ablation)
 
 
-def _distance_backward(ctx, backward_op, grad, _grad_dists, _grad_signs):
-    anchor, positive, w, dists, signs, *negatives = ctx.saved_tensors
-    ga = backward_op(grad, anchor, positive, list(negatives), w, dists, signs, *ctx.args)
-    return ga, None, [None] * len(negatives), None, None, None, None
+def _distance_backward(ctx, backward_op, grad, _grad_dists):
+    anchor, positive, w, dists, *negatives = ctx.saved_tensors
+    ga = backward_op(grad, anchor, positive, list(negatives), w, dists, *ctx.args)
+    return ga, None, [None] * len(negatives), None, None, None
 
 
 _distance = FusedOp(
     "contrastive_distance", FAMILY,
-    "(Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, float eps, bool ablation, "
-    "bool save_signs) -> (Tensor, Tensor, Tensor)",
+    "(Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, float eps, bool ablation) "
+    "-> (Tensor, Tensor)",
     fake=_distance_fake,
     triton_impl=lambda *a: _triton().contrastive_distance(*a),
     backward_schema="(Tensor grad, Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, "
-                    "Tensor dists, Tensor signs, float eps, bool ablation) -> Tensor",
+                    "Tensor dists, float eps, bool ablation) -> Tensor",
     backward_fake=_distance_backward_fake,
     triton_backward_impl=lambda *a: _triton().contrastive_distance_backward(*a),
     setup_context=_distance_setup, backward=_distance_backward)
 
 
-# The Triton op never packs signs: its fake says so (replacing the shared one FusedOp registered).
-_distance.triton.register_fake(lambda a, p, negs, w, eps, abl, save: _distance_fake(a, p, negs, w, eps, abl, False))
+def _loss_fake(anchors, positives, negatives, lw, w, eps, ablation):
+    return w.new_empty(()), w.new_empty((len(anchors), 1 + len(negatives) // len(anchors)))
 
 
-def _loss_fake(anchors, positives, negatives, lw, w, eps, ablation, save_signs):
-    K = len(negatives) // len(anchors)
-    return (w.new_empty(()), w.new_empty((len(anchors), 1 + K)), _signs_fake(anchors, K, ablation, save_signs))
-
-
-def _loss_backward_fake(grad, anchors, positives, negatives, lw, w, dists, signs, eps, ablation):
+def _loss_backward_fake(grad, anchors, positives, negatives, lw, w, dists, eps, ablation):
     return [torch.empty_like(a) for a in anchors]
 
 
 def _loss_setup(ctx, inputs, output):
-    anchors, positives, negatives, lw, w, eps, ablation, _save = inputs
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(lw, w, output[1], output[2], *anchors, *positives, *negatives)
+    anchors, positives, negatives, lw, w, eps, ablation = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(lw, w, output[1], *anchors, *positives, *negatives)
     ctx.args = (len(anchors), eps, ablation)
 
 
-def _loss_backward(ctx, backward_op, grad, _grad_dists, _grad_signs):
+def _loss_backward(ctx, backward_op, grad, _grad_dists):
     L, eps, ablation = ctx.args
-    lw, w, dists, signs, *feats = ctx.saved_tensors
-    grads = backward_op(grad, feats[:L], feats[L:2 * L], feats[2 * L:], lw, w, dists, signs, eps, ablation)
+    lw, w, dists, *feats = ctx.saved_tensors
+    grads = backward_op(grad, feats[:L], feats[L:2 * L], feats[2 * L:], lw, w, dists, eps, ablation)
     nn = len(feats) - 2 * L
-    return list(grads), [None] * L, [None] * nn, None, None, None, None, None
+    return list(grads), [None] * L, [None] * nn, None, None, None, None
 
 
 _loss = FusedOp(
     "contrastive_loss", FAMILY,
     "(Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, Tensor negative_weights, "
-    "float eps, bool ablation, bool save_signs) -> (Tensor, Tensor, Tensor)",
+    "float eps, bool ablation) -> (Tensor, Tensor)",
     fake=_loss_fake,
     triton_impl=lambda *a: _triton().contrastive_loss(*a),
     backward_schema="(Tensor grad, Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, "
-                    "Tensor negative_weights, Tensor dists, Tensor signs, float eps, bool ablation) -> Tensor[]",
+                    "Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor[]",
     backward_fake=_loss_backward_fake,
     triton_backward_impl=lambda *a: _triton().contrastive_loss_backward(*a),
     setup_context=_loss_setup, backward=_loss_backward)
-_loss.triton.register_fake(lambda a, p, negs, lw, w, eps, abl, save: _loss_fake(a, p, negs, lw, w, eps, abl, False))
 
 
 # ---- argument checks --------------------------------------------------------------------------
@@ -292,7 +258,7 @@ def contrastive_distance(anchor, positive, negatives=None, negative_weights=None
         negs = []
     w = _vector(_default_weights(negative_weights, len(negs)) if negs else (), "negative_weights", len(negs), cdt,
                 anchor.device)
-    return _distance(b, anchor, positive.detach(), negs, w, eps, ablation, _save_signs(b, [anchor], len(negs)))[0]
+    return _distance(b, anchor, positive.detach(), negs, w, eps, ablation)[0]
 
 
 def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYER_WEIGHTS, negative_weights=None,
@@ -370,5 +336,4 @@ def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYE
     K = 0 if ablation else len(negs[0])
     w = _vector(_default_weights(negative_weights, K) if K else (), "negative_weights", K, cdt, a0.device)
     flat = [n for layer in negs for n in layer] if K else []
-    return _loss(b, list(anchors), [p.detach() for p in positives], flat, lw, w, eps, ablation,
-                 _save_signs(b, anchors, K))[0]
+    return _loss(b, list(anchors), [p.detach() for p in positives], flat, lw, w, eps, ablation)[0]
