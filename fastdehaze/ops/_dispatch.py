@@ -70,14 +70,15 @@ class FusedOp:
         schema: the schema without the name, e.g. ``"(Tensor x, float r) -> Tensor"``; the
             Triton op is defined with it (a test checks it equals the C++ schema).
         fake: fake/meta implementation (shapes and dtypes only).
-        triton_impl: the implementation of ``<name>_triton``.
+        triton_impl: the implementation of ``<name>_triton``; default: the launcher
+            ``fastdehaze.kernels.<family>.<name>`` (imported at first call: Triton is optional).
         backward_schema / backward_fake / triton_backward_impl: the same for the backward op
-            (omit all three for an op without gradient).
+            (default launcher ``<name>_backward``; omit all three for an op without gradient).
         setup_context(ctx, inputs, output) and backward(ctx, backward_op, *grads): the autograd
             formula, given the backward op of the path that ran the forward.
     """
 
-    def __init__(self, name: str, family: str, schema: str, *, fake: Callable, triton_impl: Callable,
+    def __init__(self, name: str, family: str, schema: str, *, fake: Callable, triton_impl: Optional[Callable] = None,
                  backward_schema: Optional[str] = None, backward_fake: Optional[Callable] = None,
                  triton_backward_impl: Optional[Callable] = None, setup_context: Optional[Callable] = None,
                  backward: Optional[Callable] = None):
@@ -87,6 +88,10 @@ class FusedOp:
         self.native = None
         self.native_backward = None
         has_bwd = backward is not None
+        if triton_impl is None:
+            triton_impl = _triton_launcher(family, name)
+        if has_bwd and triton_backward_impl is None:
+            triton_backward_impl = _triton_launcher(family, f"{name}_backward")
         self.triton = torch.library.custom_op(f"fastdehaze::{name}_triton", triton_impl, mutates_args=(),
                                               schema=schema)
         self.triton.register_fake(fake)
@@ -126,6 +131,16 @@ class FusedOp:
         if self.native is not None:
             out["native"] = self.native
         return out
+
+
+def _triton_launcher(family: str, name: str) -> Callable:
+    """``fastdehaze.kernels.<family>.<name>``, looked up when first called."""
+    def launch(*args):
+        import importlib
+        return getattr(importlib.import_module(f"fastdehaze.kernels.{family}"), name)(*args)
+
+    launch.__name__ = name
+    return launch
 
 
 # ---- parameter normalisation -----------------------------------------------------------------

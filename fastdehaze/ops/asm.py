@@ -31,11 +31,6 @@ RESIDE_PRESETS = {
 }
 
 
-def _triton():
-    from ..kernels import asm as k  # imported lazily: triton is optional
-    return k
-
-
 # ---- recover ------------------------------------------------------------------------------------
 
 def _recover_fake(I, t, A, t0, lo, hi, clamp):
@@ -64,11 +59,9 @@ _recover = FusedOp(
     "recover", FAMILY,
     "(Tensor I, Tensor t, Tensor A, Tensor t0, float lo, float hi, bool clamp) -> Tensor",
     fake=_recover_fake,
-    triton_impl=lambda *a: _triton().recover(*a),
     backward_schema="(Tensor grad, Tensor I, Tensor t, Tensor A, Tensor t0, float lo, float hi, bool clamp, "
                     "bool needs_I, bool needs_t, bool needs_A) -> (Tensor, Tensor, Tensor)",
     backward_fake=_recover_backward_fake,
-    triton_backward_impl=lambda *a: _triton().recover_backward(*a),
     setup_context=_recover_setup, backward=_recover_backward)
 
 
@@ -141,11 +134,9 @@ _synthesize = FusedOp(
     "synthesize_haze", FAMILY,
     "(Tensor J, Tensor t, Tensor A) -> Tensor",
     fake=_synthesize_fake,
-    triton_impl=lambda *a: _triton().synthesize_haze(*a),
     backward_schema="(Tensor grad, Tensor J, Tensor t, Tensor A, bool needs_J, bool needs_t, bool needs_A) "
                     "-> (Tensor, Tensor, Tensor)",
     backward_fake=_synthesize_backward_fake,
-    triton_backward_impl=lambda *a: _triton().synthesize_haze_backward(*a),
     setup_context=_save_inputs_setup, backward=_three_input_backward)
 
 
@@ -166,11 +157,9 @@ _synthesize_depth = FusedOp(
     "synthesize_haze_depth", FAMILY,
     "(Tensor J, Tensor depth, Tensor A, Tensor beta) -> Tensor",
     fake=lambda J, depth, A, beta: J.new_empty(J.shape),
-    triton_impl=lambda *a: _triton().synthesize_haze_depth(*a),
     backward_schema="(Tensor grad, Tensor J, Tensor depth, Tensor A, Tensor beta, bool needs_J, bool needs_depth, "
                     "bool needs_A, bool needs_beta) -> (Tensor, Tensor, Tensor, Tensor)",
     backward_fake=_synthesize_depth_backward_fake,
-    triton_backward_impl=lambda *a: _triton().synthesize_haze_depth_backward(*a),
     setup_context=_save_inputs_setup, backward=_synthesize_depth_backward)
 
 
@@ -199,10 +188,8 @@ _transmission = FusedOp(
     "transmission_from_depth", FAMILY,
     "(Tensor depth, Tensor beta) -> Tensor",
     fake=_transmission_fake,
-    triton_impl=lambda *a: _triton().transmission_from_depth(*a),
     backward_schema="(Tensor grad, Tensor depth, Tensor beta, bool needs_depth, bool needs_beta) -> (Tensor, Tensor)",
     backward_fake=_transmission_backward_fake,
-    triton_backward_impl=lambda *a: _triton().transmission_from_depth_backward(*a),
     setup_context=_transmission_setup, backward=_transmission_backward)
 
 
@@ -212,11 +199,9 @@ _recompose = FusedOp(
     "recompose_k", FAMILY,
     "(Tensor I, Tensor K, Tensor b) -> Tensor",
     fake=_synthesize_fake,
-    triton_impl=lambda *a: _triton().recompose_k(*a),
     backward_schema="(Tensor grad, Tensor I, Tensor K, Tensor b, bool needs_I, bool needs_K, bool needs_b) "
                     "-> (Tensor, Tensor, Tensor)",
     backward_fake=_synthesize_backward_fake,
-    triton_backward_impl=lambda *a: _triton().recompose_k_backward(*a),
     setup_context=_save_inputs_setup, backward=_three_input_backward)
 
 

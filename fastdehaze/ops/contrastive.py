@@ -33,7 +33,6 @@ NaN, like nn.L1Loss. Autocast: the op runs in the features' dtype.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
@@ -46,11 +45,6 @@ FAMILY = "contrastive"
 
 #: lambda_l of AECR-Net / C2PNet / DCMPNet for VGG19 relu1_1 .. relu5_1.
 AECR_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
-
-
-def _triton():
-    from ..kernels import contrastive as k  # imported lazily: triton is optional
-    return k
 
 
 # ---- registered ops ---------------------------------------------------------------------------
@@ -81,11 +75,9 @@ _distance = FusedOp(
     "(Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, float eps, bool ablation) "
     "-> (Tensor, Tensor)",
     fake=_distance_fake,
-    triton_impl=lambda *a: _triton().contrastive_distance(*a),
     backward_schema="(Tensor grad, Tensor anchor, Tensor positive, Tensor[] negatives, Tensor negative_weights, "
                     "Tensor dists, float eps, bool ablation) -> Tensor",
     backward_fake=_distance_backward_fake,
-    triton_backward_impl=lambda *a: _triton().contrastive_distance_backward(*a),
     setup_context=_distance_setup, backward=_distance_backward)
 
 
@@ -117,11 +109,9 @@ _loss = FusedOp(
     "(Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, Tensor negative_weights, "
     "float eps, bool ablation) -> (Tensor, Tensor)",
     fake=_loss_fake,
-    triton_impl=lambda *a: _triton().contrastive_loss(*a),
     backward_schema="(Tensor grad, Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, "
                     "Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor[]",
     backward_fake=_loss_backward_fake,
-    triton_backward_impl=lambda *a: _triton().contrastive_loss_backward(*a),
     setup_context=_loss_setup, backward=_loss_backward)
 
 

@@ -126,7 +126,7 @@ def _atmo_fake(I, dark, k):
 
 _atmospheric_light = FusedOp(
     "atmospheric_light", FAMILY, "(Tensor I, Tensor dark, int k) -> Tensor",
-    fake=_atmo_fake, triton_impl=lambda I, dark, k: _triton().atmospheric_light(I, dark, k))
+    fake=_atmo_fake)
 
 
 def atmospheric_light(I, dark=None, top=0.001, patch=15, *, backend="auto"):
@@ -182,7 +182,7 @@ def _trans_fake(I, A, omega, patch):
 
 _transmission = FusedOp(
     "transmission", FAMILY, "(Tensor I, Tensor A, float omega, int patch) -> Tensor",
-    fake=_trans_fake, triton_impl=lambda I, A, omega, patch: _triton().transmission(I, A, omega, patch))
+    fake=_trans_fake)
 
 
 def transmission(I, A, omega=0.95, patch=15, *, backend="auto"):

@@ -39,11 +39,6 @@ __all__ = ["difference_perception_weight", "depth_difference_loss"]
 FAMILY = "depth_difference"
 
 
-def _triton():
-    from ..kernels import depth_difference as k  # imported lazily: triton is optional
-    return k
-
-
 def _cdt(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -78,10 +73,8 @@ _dpw = FusedOp(
     "difference_perception_weight", FAMILY,
     "(Tensor diff, float eps, bool normalize) -> (Tensor, Tensor)",
     fake=_dpw_fake,
-    triton_impl=lambda *a: _triton().difference_perception_weight(*a),
     backward_schema="(Tensor grad, Tensor diff, Tensor lse, bool normalize) -> Tensor",
     backward_fake=_dpw_backward_fake,
-    triton_backward_impl=lambda *a: _triton().difference_perception_weight_backward(*a),
     setup_context=_dpw_setup, backward=_dpw_backward)
 
 
@@ -167,12 +160,10 @@ _ddl = FusedOp(
     "depth_difference_loss", FAMILY,
     "(Tensor dehazed, Tensor clear, Tensor depth_pred, Tensor depth_target, float eps) -> (Tensor, Tensor)",
     fake=_ddl_fake,
-    triton_impl=lambda *a: _triton().depth_difference_loss(*a),
     backward_schema="(Tensor grad, Tensor dehazed, Tensor clear, Tensor depth_pred, Tensor depth_target, "
                     "Tensor stats, float eps, bool needs_dehazed, bool needs_clear, bool needs_pred, "
                     "bool needs_target) -> (Tensor, Tensor, Tensor, Tensor)",
     backward_fake=_ddl_backward_fake,
-    triton_backward_impl=lambda *a: _triton().depth_difference_loss_backward(*a),
     setup_context=_ddl_setup, backward=_ddl_backward)
 
 

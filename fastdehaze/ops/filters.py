@@ -25,11 +25,6 @@ __all__ = ["box_filter", "guided_filter"]
 FAMILY = "filters"
 
 
-def _triton():
-    from ..kernels import filters as k  # imported lazily: triton is optional
-    return k
-
-
 def _radius(r, name="r"):
     r = _checks.integer(r, name)
     if r < 0:
@@ -58,10 +53,8 @@ def _box_backward(ctx, backward_op, grad):
 _box = FusedOp(
     "box_filter", FAMILY, "(Tensor x, int r) -> Tensor",
     fake=_box_fake,
-    triton_impl=lambda *a: _triton().box_filter(*a),
     backward_schema="(Tensor grad, int r) -> Tensor",
     backward_fake=_box_backward_fake,
-    triton_backward_impl=lambda *a: _triton().box_filter_backward(*a),
     setup_context=_box_setup, backward=_box_backward)
 
 
@@ -108,8 +101,7 @@ def _gf_fake(I, p, r, eps):
 
 _gf = FusedOp(
     "guided_filter", FAMILY, "(Tensor I, Tensor p, int r, float eps) -> Tensor",
-    fake=_gf_fake,
-    triton_impl=lambda *a: _triton().guided_filter(*a))
+    fake=_gf_fake)
 
 
 def guided_filter(guide, src, r=60, eps=1e-3, subsample=1, *, backend="auto"):

@@ -30,11 +30,6 @@ FAMILY = "patch"
 MEASURE_CODES = {"luma": 0, "mean": 1, "dark": 2, "max": 3}
 
 
-def _triton():
-    from ..kernels import patch as k  # imported lazily: triton is optional
-    return k
-
-
 # ---- patch_brightness_rank ----------------------------------------------------------------------
 
 def _rank_fake(x, patch, stride, k, measure):
@@ -49,8 +44,7 @@ def _rank_fake(x, patch, stride, k, measure):
 _rank = FusedOp(
     "patch_brightness_rank", FAMILY,
     "(Tensor x, int patch, int stride, int k, int measure) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    fake=_rank_fake,
-    triton_impl=lambda *a: _triton().patch_brightness_rank(*a))
+    fake=_rank_fake)
 
 
 def _int_arg(v, name: str) -> int:
@@ -157,10 +151,8 @@ _gather = FusedOp(
     "gather_patches", FAMILY,
     "(Tensor x, Tensor corners, int patch) -> Tensor",
     fake=_gather_fake,
-    triton_impl=lambda *a: _triton().gather_patches(*a),
     backward_schema="(Tensor grad, Tensor corners, SymInt H, SymInt W) -> Tensor",
     backward_fake=_gather_backward_fake,
-    triton_backward_impl=lambda *a: _triton().gather_patches_backward(*a),
     setup_context=_gather_setup, backward=_gather_backward)
 
 
