@@ -249,32 +249,43 @@ def _grad_param(P, B, C, needed):
     return torch.zeros((B, C), dtype=P.dtype, device=P.device) if needed else P.new_empty(0)
 
 
+def _map_forward(kernel, x, m, P):
+    """out [B,C,H,W] = kernel(x, m, P) for an image x, a map m [B,1|C,H,W] and P [B,C]."""
+    x, m = x.contiguous(), m.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    B, C, H, W = x.shape
+    if out.numel() == 0:
+        return out
+    BLOCK = block_size(H * W)
+    kernel[(triton.cdiv(H * W, BLOCK), B)](x, m, P.contiguous(), out, C, H * W,
+                                           MAP_PER_CHANNEL=m.shape[1] != 1, BLOCK=BLOCK)
+    return out
+
+
+def _map_backward(kernel, grad, x, m, P, needs_x, needs_m, needs_P):
+    """Gradients (x, m, P) of a _map_forward op; the kernel's constexprs after HW are
+    (MAP_PER_CHANNEL, NEEDS_x, NEEDS_m, NEEDS_P)."""
+    x, m, grad = x.contiguous(), m.contiguous(), grad.contiguous()
+    B, C, H, W = x.shape
+    gx, gm, gP = _grad_buffers(x, needs_x), _grad_buffers(m, needs_m), _grad_param(P, B, C, needs_P)
+    if x.numel() == 0 or not (needs_x or needs_m or needs_P):
+        if needs_m:
+            gm.zero_()
+        return gx, gm, gP
+    BLOCK = block_size(H * W)
+    kernel[(triton.cdiv(H * W, BLOCK), B)](
+        grad, x, m, P.contiguous(), gx if needs_x else x, gm if needs_m else m, gP if needs_P else P, C, H * W,
+        m.shape[1] != 1, needs_x, needs_m, needs_P, BLOCK=BLOCK)
+    return gx, gm, gP
+
+
 def synthesize_haze(J, t, A):
     """I [B,C,H,W] = (J - A) t + A."""
-    J, t = J.contiguous(), t.contiguous()
-    I = torch.empty_like(J, memory_format=torch.contiguous_format)
-    B, C, H, W = J.shape
-    if I.numel() == 0:
-        return I
-    BLOCK = block_size(H * W)
-    _synthesize_kernel[(triton.cdiv(H * W, BLOCK), B)](J, t, A.contiguous(), I, C, H * W,
-                                                       MAP_PER_CHANNEL=t.shape[1] != 1, BLOCK=BLOCK)
-    return I
+    return _map_forward(_synthesize_kernel, J, t, A)
 
 
 def synthesize_haze_backward(grad, J, t, A, needs_J, needs_t, needs_A):
-    J, t, grad = J.contiguous(), t.contiguous(), grad.contiguous()
-    B, C, H, W = J.shape
-    gJ, gt, gA = _grad_buffers(J, needs_J), _grad_buffers(t, needs_t), _grad_param(A, B, C, needs_A)
-    if J.numel() == 0 or not (needs_J or needs_t or needs_A):
-        if needs_t:
-            gt.zero_()
-        return gJ, gt, gA
-    BLOCK = block_size(H * W)
-    _synthesize_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
-        grad, J, t, A.contiguous(), gJ if needs_J else J, gt if needs_t else t, gA if needs_A else A, C, H * W,
-        MAP_PER_CHANNEL=t.shape[1] != 1, NEEDS_J=needs_J, NEEDS_T=needs_t, NEEDS_A=needs_A, BLOCK=BLOCK)
-    return gJ, gt, gA
+    return _map_backward(_synthesize_backward_kernel, grad, J, t, A, needs_J, needs_t, needs_A)
 
 
 def transmission_from_depth(depth, beta):
@@ -309,30 +320,11 @@ def transmission_from_depth_backward(grad, depth, beta, needs_depth, needs_beta)
 
 def recompose_k(I, K, b):
     """J [B,C,H,W] = K I - K + b (AOD-Net)."""
-    I, K = I.contiguous(), K.contiguous()
-    J = torch.empty_like(I, memory_format=torch.contiguous_format)
-    B, C, H, W = I.shape
-    if J.numel() == 0:
-        return J
-    BLOCK = block_size(H * W)
-    _recompose_k_kernel[(triton.cdiv(H * W, BLOCK), B)](I, K, b.contiguous(), J, C, H * W,
-                                                        MAP_PER_CHANNEL=K.shape[1] != 1, BLOCK=BLOCK)
-    return J
+    return _map_forward(_recompose_k_kernel, I, K, b)
 
 
 def recompose_k_backward(grad, I, K, b, needs_I, needs_K, needs_b):
-    I, K, grad = I.contiguous(), K.contiguous(), grad.contiguous()
-    B, C, H, W = I.shape
-    gI, gK, gb = _grad_buffers(I, needs_I), _grad_buffers(K, needs_K), _grad_param(b, B, C, needs_b)
-    if I.numel() == 0 or not (needs_I or needs_K or needs_b):
-        if needs_K:
-            gK.zero_()
-        return gI, gK, gb
-    BLOCK = block_size(H * W)
-    _recompose_k_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
-        grad, I, K, b.contiguous(), gI if needs_I else I, gK if needs_K else K, gb if needs_b else b, C, H * W,
-        MAP_PER_CHANNEL=K.shape[1] != 1, NEEDS_I=needs_I, NEEDS_K=needs_K, NEEDS_B=needs_b, BLOCK=BLOCK)
-    return gI, gK, gb
+    return _map_backward(_recompose_k_backward_kernel, grad, I, K, b, needs_I, needs_K, needs_b)
 
 
 # ---- synthesize_haze from depth, one pass ------------------------------------------------------
