@@ -51,7 +51,7 @@ def test_available_backends_report():
     assert "_C_asm: loaded" in fastdehaze.backend_report()
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if not op.cpu_only))
 def test_triton_schema_equals_cpp_schema(name):
     op = REGISTRY[name]
     assert op.native is not None, f"C++ op fastdehaze::{name} not loaded: {_ext.native_error(op.family, 'cpu')}"

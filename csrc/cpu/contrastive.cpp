@@ -38,6 +38,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "fastdehaze/contrastive_math.h"
 #include "fastdehaze/cpu_utils.h"
@@ -134,12 +137,93 @@ inline op_t hsum(vec<op_t> v) {  // pairwise fold of the lanes
   return t[0];
 }
 
+// ---- packed signs -------------------------------------------------------------------------------
+//
+// contrastive_loss_signs saves sign(a - p) and every sign(a - n_k) for its backward, 2 bits per
+// pair and element, so that the backward reads (1 + K) / 4 bytes per element instead of a, p
+// and every n_k again (and the positives' and negatives' features need not stay alive until
+// the backward). Layout (int32 entries): layer l owns Qr planes (Qr = 1 + K, or 1 in ablation
+// mode) of G_l = ceil(N_l / 16) entries each, from entry sum_{l' < l} Qr G_l'; plane 0 is the
+// positive, plane 1 + k negative k. Element i of the layer (in the memory order the forward
+// reads it: that of at::empty_like(anchor), which is also the gradient's) is bit i % 16
+// ("a - x > 0") and bit 16 + i % 16 ("a - x < 0") of entry i / 16 of the plane; sign = pos - neg,
+// 0 for 0 and for NaN (neither bit), as vsign gives. Bits past the end of a layer are 0.
+constexpr int64_t kSignGroup = 16;  // elements per int32 entry
+
+inline int64_t sign_entries(int64_t n) { return (n + kSignGroup - 1) / kSignGroup; }
+
+// Masks (bit j: lane j) of the lanes of x that are > 0 and < 0 (NaN: neither).
+template <typename op_t>
+inline void sign_bits(vec<op_t> x, uint32_t& pos, uint32_t& neg) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<op_t, float>) {
+    __m512 v;
+    std::memcpy(&v, &x, sizeof(v));
+    pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
+    neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+  } else {
+    __m512d v;
+    std::memcpy(&v, &x, sizeof(v));
+    pos = _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_GT_OQ);
+    neg = _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ);
+  }
+#else
+  const vec<op_t> zero = splat<op_t>(op_t(0));
+  const mask<op_t> gt = x > zero, lt = x < zero;
+  pos = neg = 0;
+  for (int j = 0; j < Vec<op_t>::W; ++j) {
+    pos |= static_cast<uint32_t>(gt[j] & 1) << j;
+    neg |= static_cast<uint32_t>(lt[j] & 1) << j;
+  }
+#endif
+}
+
+// Stores the masks of the (up to W) elements from element i (a multiple of W) of a plane. The
+// first store into an entry (i % 16 == 0) overwrites it, so unused bits end up 0.
+inline void put_signs(uint32_t* plane, int64_t i, uint32_t pos, uint32_t neg) {
+  const int s = static_cast<int>(i % kSignGroup);
+  const uint32_t e = (pos << s) | (neg << (kSignGroup + s));
+  if (s == 0)
+    plane[i / kSignGroup] = e;
+  else
+    plane[i / kSignGroup] |= e;
+}
+
+// The vector of lanes c (pos bit set), -c (neg bit set) or 0 (neither).
+template <typename op_t>
+inline vec<op_t> signed_coef(uint32_t pos, uint32_t neg, vec<op_t> c) {
+#if defined(__AVX512F__)
+  vec<op_t> r;
+  if constexpr (std::is_same_v<op_t, float>) {
+    __m512 v;
+    std::memcpy(&v, &c, sizeof(v));
+    const __m512 x = _mm512_sub_ps(_mm512_maskz_mov_ps(static_cast<__mmask16>(pos), v),
+                                   _mm512_maskz_mov_ps(static_cast<__mmask16>(neg), v));
+    std::memcpy(&r, &x, sizeof(r));
+  } else {
+    __m512d v;
+    std::memcpy(&v, &c, sizeof(v));
+    const __m512d x = _mm512_sub_pd(_mm512_maskz_mov_pd(static_cast<__mmask8>(pos), v),
+                                    _mm512_maskz_mov_pd(static_cast<__mmask8>(neg), v));
+    std::memcpy(&r, &x, sizeof(r));
+  }
+  return r;
+#else
+  vec<op_t> r;
+  for (int j = 0; j < Vec<op_t>::W; ++j)
+    r[j] = (((pos >> j) & 1) ? c[j] : op_t(0)) - (((neg >> j) & 1) ? c[j] : op_t(0));
+  return r;
+#endif
+}
+
 // ---- forward sweep ------------------------------------------------------------------------------
 
 // One sweep over n elements: out[0] += sum |a - p| (when P), out[P + k] += sum |a - n_k|, k < KC.
-template <typename scalar_t, typename op_t, int KC, bool P>
+// With S, the signs of a - p (when P) and of every a - n_k also go to planes P + k of sg (plane
+// stride `plane` entries; sg points at the entry of the sweep's first element, a multiple of 16).
+template <typename scalar_t, typename op_t, int KC, bool P, bool S>
 void fwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, const scalar_t* const* negs,
-               int64_t n, double* out) {
+               int64_t n, double* out, uint32_t* __restrict__ sg, int64_t plane) {
   constexpr int W = Vec<op_t>::W;
   const scalar_t* __restrict__ nk[KC > 0 ? KC : 1];
   for (int k = 0; k < KC; ++k) nk[k] = negs[k];
@@ -149,32 +233,68 @@ void fwd_sweep(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p, c
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const vec<op_t> av = vload<scalar_t, op_t>(a + i);
-    if constexpr (P) ap += vabs<op_t>(av - vload<scalar_t, op_t>(p + i));
-    for (int k = 0; k < KC; ++k) an[k] += vabs<op_t>(av - vload<scalar_t, op_t>(nk[k] + i));
+    if constexpr (P) {
+      const vec<op_t> x = av - vload<scalar_t, op_t>(p + i);
+      ap += vabs<op_t>(x);
+      if constexpr (S) {
+        uint32_t bp, bn;
+        sign_bits<op_t>(x, bp, bn);
+        put_signs(sg, i, bp, bn);
+      }
+    }
+    for (int k = 0; k < KC; ++k) {
+      const vec<op_t> x = av - vload<scalar_t, op_t>(nk[k] + i);
+      an[k] += vabs<op_t>(x);
+      if constexpr (S) {
+        uint32_t bp, bn;
+        sign_bits<op_t>(x, bp, bn);
+        put_signs(sg + (P + k) * plane, i, bp, bn);
+      }
+    }
   }
   op_t tp = 0, tn[KC > 0 ? KC : 1] = {};
+  uint32_t bits[2 * (KC + 1)] = {};  // the tail's pos / neg masks per plane
+  const int64_t tail = i;
   for (; i < n; ++i) {
     const op_t av = static_cast<op_t>(a[i]);
-    if constexpr (P) tp += std::abs(av - static_cast<op_t>(p[i]));
-    for (int k = 0; k < KC; ++k) tn[k] += std::abs(av - static_cast<op_t>(nk[k][i]));
+    const int j = static_cast<int>(i - tail);
+    if constexpr (P) {
+      const op_t x = av - static_cast<op_t>(p[i]);
+      tp += std::abs(x);
+      bits[0] |= static_cast<uint32_t>(x > op_t(0)) << j;
+      bits[1] |= static_cast<uint32_t>(x < op_t(0)) << j;
+    }
+    for (int k = 0; k < KC; ++k) {
+      const op_t x = av - static_cast<op_t>(nk[k][i]);
+      tn[k] += std::abs(x);
+      bits[2 * (P + k)] |= static_cast<uint32_t>(x > op_t(0)) << j;
+      bits[2 * (P + k) + 1] |= static_cast<uint32_t>(x < op_t(0)) << j;
+    }
+  }
+  if constexpr (S) {
+    if (tail < n)
+      for (int q = 0; q < P + KC; ++q) put_signs(sg + q * plane, tail, bits[2 * q], bits[2 * q + 1]);
   }
   if constexpr (P) out[0] += static_cast<double>(hsum<op_t>(ap) + tp);
   for (int k = 0; k < KC; ++k) out[P + k] += static_cast<double>(hsum<op_t>(an[k]) + tn[k]);
 }
 
-template <typename scalar_t, typename op_t, bool P>
-void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, int64_t n, double* out) {
+template <typename scalar_t, typename op_t, bool P, bool S>
+void fwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* const* negs, int64_t n, double* out,
+               uint32_t* sg, int64_t plane) {
+#define FD_FWD(KC) return fwd_sweep<scalar_t, op_t, KC, P, S>(a, p, negs, n, out, sg, plane)
   switch (kc) {
-    case 0: return fwd_sweep<scalar_t, op_t, 0, P>(a, p, negs, n, out);
-    case 1: return fwd_sweep<scalar_t, op_t, 1, P>(a, p, negs, n, out);
-    case 2: return fwd_sweep<scalar_t, op_t, 2, P>(a, p, negs, n, out);
-    case 3: return fwd_sweep<scalar_t, op_t, 3, P>(a, p, negs, n, out);
-    case 4: return fwd_sweep<scalar_t, op_t, 4, P>(a, p, negs, n, out);
-    case 5: return fwd_sweep<scalar_t, op_t, 5, P>(a, p, negs, n, out);
-    case 6: return fwd_sweep<scalar_t, op_t, 6, P>(a, p, negs, n, out);
-    case 7: return fwd_sweep<scalar_t, op_t, 7, P>(a, p, negs, n, out);
-    default: return fwd_sweep<scalar_t, op_t, 8, P>(a, p, negs, n, out);
+    case 0: FD_FWD(0);
+    case 1: FD_FWD(1);
+    case 2: FD_FWD(2);
+    case 3: FD_FWD(3);
+    case 4: FD_FWD(4);
+    case 5: FD_FWD(5);
+    case 6: FD_FWD(6);
+    case 7: FD_FWD(7);
+    default: FD_FWD(8);
   }
+#undef FD_FWD
 }
 
 // ---- backward sweep -----------------------------------------------------------------------------
@@ -240,6 +360,56 @@ void bwd_group(int kc, const scalar_t* a, const scalar_t* p, const scalar_t* con
 #undef FD_BWD
 }
 
+// out = sum_{q < Q} c_q sign_q over n elements from the packed signs (planes of `plane` entries
+// from sg, which points at the entry of the sweep's first element); QC = Q when > 0.
+template <typename scalar_t, typename op_t, int QC>
+void bwd_signs_sweep(const uint32_t* __restrict__ sg, int64_t plane, int64_t Q, const op_t* c, int64_t n,
+                     scalar_t* __restrict__ out) {
+  constexpr int W = Vec<op_t>::W;
+  constexpr uint32_t lanes = W == 32 ? ~0u : (1u << W) - 1;
+  const int64_t nq = QC > 0 ? QC : Q;
+  vec<op_t> vc[QC > 0 ? QC : 1];
+  for (int q = 0; q < QC; ++q) vc[q] = splat<op_t>(c[q]);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const int s = static_cast<int>(i % kSignGroup);
+    vec<op_t> r = splat<op_t>(op_t(0));
+    for (int64_t q = 0; q < nq; ++q) {
+      const uint32_t e = sg[q * plane + i / kSignGroup];
+      r += signed_coef<op_t>((e >> s) & lanes, (e >> (kSignGroup + s)) & lanes,
+                             QC > 0 ? vc[QC > 0 ? q : 0] : splat<op_t>(c[q]));
+    }
+    vstore<scalar_t, op_t>(out + i, r);
+  }
+  for (; i < n; ++i) {
+    const int s = static_cast<int>(i % kSignGroup);
+    op_t r = 0;
+    for (int64_t q = 0; q < nq; ++q) {
+      const uint32_t e = sg[q * plane + i / kSignGroup];
+      r += c[q] * (static_cast<op_t>((e >> s) & 1) - static_cast<op_t>((e >> (kSignGroup + s)) & 1));
+    }
+    out[i] = static_cast<scalar_t>(r);
+  }
+}
+
+template <typename scalar_t, typename op_t>
+void bwd_signs_group(int64_t Q, const uint32_t* sg, int64_t plane, const op_t* c, int64_t n, scalar_t* out) {
+#define FD_BWS(QC) return bwd_signs_sweep<scalar_t, op_t, QC>(sg, plane, Q, c, n, out)
+  switch (Q) {
+    case 1: FD_BWS(1);
+    case 2: FD_BWS(2);
+    case 3: FD_BWS(3);
+    case 4: FD_BWS(4);
+    case 5: FD_BWS(5);
+    case 6: FD_BWS(6);
+    case 7: FD_BWS(7);
+    case 8: FD_BWS(8);
+    case 9: FD_BWS(9);
+    default: FD_BWS(0);
+  }
+#undef FD_BWS
+}
+
 // ---- layers and tasks ---------------------------------------------------------------------------
 
 // x in the memory layout of ref (same sizes): x itself when its strides already agree.
@@ -276,8 +446,8 @@ Layers prepare(const char* op, at::TensorList anchors, at::TensorList positives,
     TORCH_CHECK(a.scalar_type() == dt && positives[l].scalar_type() == dt, "fastdehaze::", op,
                 ": all features must share one dtype");
     TORCH_CHECK(positives[l].sizes() == a.sizes(), "fastdehaze::", op, ": positive must have the anchor's shape");
-    const at::Tensor ref =
-        layout ? (*layout)[l] : (a.is_non_overlapping_and_dense() ? a : a.contiguous());
+    // the anchor's own layout when dense, else that of at::empty_like(anchor): its gradient's
+    const at::Tensor ref = layout ? (*layout)[l] : (a.is_non_overlapping_and_dense() ? a : at::empty_like(a));
     s.a.push_back(conform(a, ref));
     s.p.push_back(conform(positives[l], ref));
     for (int64_t k = 0; k < s.K; ++k) {
@@ -331,21 +501,28 @@ void advise_huge(const at::Tensor& t) {
 
 // ---- ops ----------------------------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors, at::TensorList positives,
-                                                at::TensorList negatives, const at::Tensor& lw, const at::Tensor& w,
-                                                double eps, bool ablation) {
+// (loss, dists, signs); signs (packed signs, see above) only with save_signs, else empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList anchors,
+                                                            at::TensorList positives, at::TensorList negatives,
+                                                            const at::Tensor& lw, const at::Tensor& w, double eps,
+                                                            bool ablation, bool save_signs) {
   const Layers s = prepare(op, anchors, positives, negatives, w, ablation, nullptr);
   TORCH_CHECK(lw.dim() == 1 && lw.numel() == s.L, "fastdehaze::", op, ": layer_weights must be [L]");
   const int64_t Q = 1 + s.K;  // columns of the dists table
+  const int64_t Kr = ablation ? 0 : s.K;
+  const int64_t Qr = 1 + Kr;  // columns actually computed (and planes of signs per layer)
   auto loss = at::empty({}, w.options());
   auto dists = at::empty({s.L, Q}, w.options());
+  std::vector<int64_t> sign0(s.L + 1, 0);  // first entry of layer l's planes
+  for (int64_t l = 0; l < s.L; ++l) sign0[l + 1] = sign0[l] + Qr * sign_entries(s.N[l]);
+  auto signs = at::empty({save_signs ? sign0[s.L] : 0}, w.options().dtype(at::kInt));
+  if (save_signs) advise_huge(signs);
+  uint32_t* sgp = save_signs ? reinterpret_cast<uint32_t*>(signs.mutable_data_ptr<int32_t>()) : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.a[0].scalar_type(), "contrastive_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
     TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<op_t>::value && lw.scalar_type() == w.scalar_type(),
                 "fastdehaze::", op, ": weights have the wrong compute dtype");
     const int64_t ntask = s.task0.back();
-    const int64_t Kr = ablation ? 0 : s.K;
-    const int64_t Qr = 1 + Kr;  // columns actually computed
     std::vector<double> part(static_cast<size_t>(ntask * Qr), 0.0);
     for_each_task(ntask, false, [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
@@ -354,13 +531,22 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
       const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
       const scalar_t* negs[kMaxGroup];
       double* out = part.data() + task * Qr;
+      const int64_t plane = sign_entries(s.N[l]);
+      uint32_t* sg = sgp ? sgp + sign0[l] + i0 / kSignGroup : nullptr;  // kChunk is a multiple of 16
       for (int64_t k0 = 0; k0 == 0 || k0 < Kr; k0 += kMaxGroup) {
         const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
         for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
-        if (k0 == 0)
-          fwd_group<scalar_t, op_t, true>(kc, a, p, negs, n, out);
-        else
-          fwd_group<scalar_t, op_t, false>(kc, a, p, negs, n, out + 1 + k0);
+        if (k0 == 0) {
+          if (sg)
+            fwd_group<scalar_t, op_t, true, true>(kc, a, p, negs, n, out, sg, plane);
+          else
+            fwd_group<scalar_t, op_t, true, false>(kc, a, p, negs, n, out, nullptr, 0);
+        } else {
+          if (sg)
+            fwd_group<scalar_t, op_t, false, true>(kc, a, p, negs, n, out + 1 + k0, sg + (1 + k0) * plane, plane);
+          else
+            fwd_group<scalar_t, op_t, false, false>(kc, a, p, negs, n, out + 1 + k0, nullptr, 0);
+        }
       }
     });
     op_t* dp = dists.mutable_data_ptr<op_t>();
@@ -380,7 +566,30 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
     }
     *loss.mutable_data_ptr<op_t>() = static_cast<op_t>(total);
   });
-  return {loss, dists};
+  return {loss, dists, signs};
+}
+
+// Per-layer backward coefficients c[l * Qr + q]: plane q's factor (cp for the positive, -cn w_k
+// for negative k), so that dL/da = sum_q c_q sign_q.
+template <typename op_t>
+std::vector<op_t> grad_table(const at::Tensor& grad, const at::Tensor& lw, const at::Tensor& w,
+                             const at::Tensor& dists, double eps, bool ablation, const std::vector<int64_t>& N,
+                             int64_t K) {
+  const int64_t L = static_cast<int64_t>(N.size()), Q = 1 + K, Kr = ablation ? 0 : K, Qr = 1 + Kr;
+  auto dc = dists.to(w.scalar_type()).contiguous();
+  const op_t* dp = dc.const_data_ptr<op_t>();
+  const op_t* wp = w.const_data_ptr<op_t>();
+  const op_t* lwp = lw.const_data_ptr<op_t>();
+  const op_t g = grad.to(w.scalar_type()).item<op_t>();
+  std::vector<op_t> c(static_cast<size_t>(L * Qr));
+  for (int64_t l = 0; l < L; ++l) {
+    op_t cp, cn;
+    cm::grad_coefs<op_t>(dp + l * Q, wp, K, static_cast<op_t>(eps), lwp[l], ablation, g, static_cast<op_t>(N[l]),
+                         cp, cn);
+    c[l * Qr] = cp;
+    for (int64_t k = 0; k < Kr; ++k) c[l * Qr + 1 + k] = -(cn * wp[k]);
+  }
+  return c;
 }
 
 std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at::TensorList anchors,
@@ -397,43 +606,83 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
               ": dists must be [L, 1 + K]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.a[0].scalar_type(), "contrastive_backward_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
-    auto dc = dists.to(w.scalar_type()).contiguous();
-    const op_t* dp = dc.const_data_ptr<op_t>();
-    const op_t* wp = w.const_data_ptr<op_t>();
-    const op_t* lwp = lw.const_data_ptr<op_t>();
-    const op_t g = grad.to(w.scalar_type()).item<op_t>();
-    const int64_t Kr = ablation ? 0 : s.K;
-    // coef[l * K + k] = cn_l w_k; cp[l]
-    std::vector<op_t> cp(s.L), cn(s.L), coef(static_cast<size_t>(s.L * std::max<int64_t>(Kr, 1)));
-    for (int64_t l = 0; l < s.L; ++l) {
-      cm::grad_coefs<op_t>(dp + l * Q, wp, s.K, static_cast<op_t>(eps), lwp[l], ablation, g,
-                           static_cast<op_t>(s.N[l]), cp[l], cn[l]);
-      for (int64_t k = 0; k < Kr; ++k) coef[l * Kr + k] = cn[l] * wp[k];
-    }
+    const int64_t Kr = ablation ? 0 : s.K, Qr = 1 + Kr;
+    const std::vector<op_t> coef = grad_table<op_t>(grad, lw, w, dists, eps, ablation, s.N, s.K);
     for_each_task(s.task0.back(), true, [&](int64_t task) {
       const int64_t l = layer_of(s.task0, task);
       const int64_t i0 = (task - s.task0[l]) * kChunk, n = std::min(kChunk, s.N[l] - i0);
       const scalar_t* a = s.a[l].const_data_ptr<scalar_t>() + i0;
       const scalar_t* p = s.p[l].const_data_ptr<scalar_t>() + i0;
       scalar_t* out = grads[l].mutable_data_ptr<scalar_t>() + i0;
-      const op_t* c = coef.data() + l * Kr;
+      const op_t cp = coef[l * Qr];
+      // the sweeps subtract c_k sign(a - n_k): c_k = -coef (exact)
+      op_t c[kMaxGroup];
       const scalar_t* negs[kMaxGroup];
       if (Kr <= kMaxGroup) {  // the usual case: one sweep
-        for (int64_t k = 0; k < Kr; ++k) negs[k] = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
-        bwd_group<scalar_t, op_t, true, true>(static_cast<int>(Kr), a, p, negs, cp[l], c, n, nullptr, out);
+        for (int64_t k = 0; k < Kr; ++k) {
+          negs[k] = s.n[l * s.K + k].const_data_ptr<scalar_t>() + i0;
+          c[k] = -coef[l * Qr + 1 + k];
+        }
+        bwd_group<scalar_t, op_t, true, true>(static_cast<int>(Kr), a, p, negs, cp, c, n, nullptr, out);
         return;
       }
       alignas(64) op_t buf[kChunk];  // more than kMaxGroup negatives: partial results in L1
       for (int64_t k0 = 0; k0 < Kr; k0 += kMaxGroup) {
         const int kc = static_cast<int>(std::min<int64_t>(kMaxGroup, Kr - k0));
-        for (int k = 0; k < kc; ++k) negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
+        for (int k = 0; k < kc; ++k) {
+          negs[k] = s.n[l * s.K + k0 + k].const_data_ptr<scalar_t>() + i0;
+          c[k] = -coef[l * Qr + 1 + k0 + k];
+        }
         if (k0 == 0)
-          bwd_group<scalar_t, op_t, true, false>(kc, a, p, negs, cp[l], c, n, buf, out);
+          bwd_group<scalar_t, op_t, true, false>(kc, a, p, negs, cp, c, n, buf, out);
         else if (k0 + kMaxGroup < Kr)
-          bwd_group<scalar_t, op_t, false, false>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+          bwd_group<scalar_t, op_t, false, false>(kc, a, p, negs, cp, c, n, buf, out);
         else
-          bwd_group<scalar_t, op_t, false, true>(kc, a, p, negs, cp[l], c + k0, n, buf, out);
+          bwd_group<scalar_t, op_t, false, true>(kc, a, p, negs, cp, c, n, buf, out);
       }
+    });
+  });
+  return grads;
+}
+
+// The backward of contrastive_loss_signs: grads of the anchors from the packed signs alone.
+std::vector<at::Tensor> signs_backward_impl(const char* op, const at::Tensor& grad, at::TensorList anchors,
+                                            const at::Tensor& lw, const at::Tensor& w, const at::Tensor& dists,
+                                            const at::Tensor& signs, double eps, bool ablation) {
+  const int64_t L = static_cast<int64_t>(anchors.size());
+  TORCH_CHECK(L >= 1, "fastdehaze::", op, ": at least one layer is needed");
+  TORCH_CHECK(dists.dim() == 2 && dists.size(0) == L && dists.size(1) >= 1, "fastdehaze::", op,
+              ": dists must be [L, 1 + K]");
+  const int64_t K = dists.size(1) - 1, Qr = ablation ? 1 : 1 + K;
+  TORCH_CHECK(w.dim() == 1 && w.numel() == K, "fastdehaze::", op, ": negative_weights must be [K]");
+  TORCH_CHECK(lw.dim() == 1 && lw.numel() == L, "fastdehaze::", op, ": layer_weights must be [L]");
+  const auto dt = anchors[0].scalar_type();
+  std::vector<at::Tensor> grads;
+  std::vector<int64_t> N, task0{0}, sign0{0};
+  for (const auto& a : anchors) {
+    check_cpu(a, "anchor");
+    TORCH_CHECK(a.scalar_type() == dt, "fastdehaze::", op, ": all features must share one dtype");
+    grads.push_back(at::empty_like(a));  // dense, in the memory order the forward read the anchor in
+    advise_huge(grads.back());
+    N.push_back(a.numel());
+    task0.push_back(task0.back() + (a.numel() + kChunk - 1) / kChunk);
+    sign0.push_back(sign0.back() + Qr * sign_entries(a.numel()));
+  }
+  TORCH_CHECK(signs.device().is_cpu() && signs.scalar_type() == at::kInt && signs.dim() == 1 &&
+                  signs.numel() == sign0.back() && signs.is_contiguous(),
+              "fastdehaze::", op, ": signs must be the int32 [", sign0.back(),
+              "] packed signs of contrastive_loss_signs for these anchors");
+  const uint32_t* sgp = reinterpret_cast<const uint32_t*>(signs.const_data_ptr<int32_t>());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "contrastive_signs_backward_cpu", [&] {
+    using op_t = opmath_t<scalar_t>;
+    TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<op_t>::value && lw.scalar_type() == w.scalar_type(),
+                "fastdehaze::", op, ": weights have the wrong compute dtype");
+    const std::vector<op_t> coef = grad_table<op_t>(grad, lw, w, dists, eps, ablation, N, K);
+    for_each_task(task0.back(), true, [&](int64_t task) {
+      const int64_t l = layer_of(task0, task);
+      const int64_t i0 = (task - task0[l]) * kChunk, n = std::min(kChunk, N[l] - i0);
+      bwd_signs_group<scalar_t, op_t>(Qr, sgp + sign0[l] + i0 / kSignGroup, sign_entries(N[l]),
+                                      coef.data() + l * Qr, n, grads[l].mutable_data_ptr<scalar_t>() + i0);
     });
   });
   return grads;
@@ -443,7 +692,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_distance_cpu(const at::Tensor& an
                                                             at::TensorList negatives, const at::Tensor& w,
                                                             double eps, bool ablation) {
   auto lw = at::ones({1}, w.options());
-  return forward_impl("contrastive_distance", {anchor}, {positive}, negatives, lw, w, eps, ablation);
+  auto r = forward_impl("contrastive_distance", {anchor}, {positive}, negatives, lw, w, eps, ablation, false);
+  return {std::get<0>(r), std::get<1>(r)};
 }
 
 at::Tensor contrastive_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& anchor,
@@ -457,7 +707,8 @@ at::Tensor contrastive_distance_backward_cpu(const at::Tensor& grad, const at::T
 std::tuple<at::Tensor, at::Tensor> contrastive_loss_cpu(at::TensorList anchors, at::TensorList positives,
                                                         at::TensorList negatives, const at::Tensor& lw,
                                                         const at::Tensor& w, double eps, bool ablation) {
-  return forward_impl("contrastive_loss", anchors, positives, negatives, lw, w, eps, ablation);
+  auto r = forward_impl("contrastive_loss", anchors, positives, negatives, lw, w, eps, ablation, false);
+  return {std::get<0>(r), std::get<1>(r)};
 }
 
 std::vector<at::Tensor> contrastive_loss_backward_cpu(const at::Tensor& grad, at::TensorList anchors,
@@ -467,6 +718,21 @@ std::vector<at::Tensor> contrastive_loss_backward_cpu(const at::Tensor& grad, at
   return backward_impl("contrastive_loss_backward", grad, anchors, positives, negatives, lw, w, dists, eps, ablation);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_signs_cpu(at::TensorList anchors,
+                                                                          at::TensorList positives,
+                                                                          at::TensorList negatives,
+                                                                          const at::Tensor& lw, const at::Tensor& w,
+                                                                          double eps, bool ablation) {
+  return forward_impl("contrastive_loss_signs", anchors, positives, negatives, lw, w, eps, ablation, true);
+}
+
+std::vector<at::Tensor> contrastive_loss_signs_backward_cpu(const at::Tensor& grad, at::TensorList anchors,
+                                                            const at::Tensor& lw, const at::Tensor& w,
+                                                            const at::Tensor& dists, const at::Tensor& signs,
+                                                            double eps, bool ablation) {
+  return signs_backward_impl("contrastive_loss_signs_backward", grad, anchors, lw, w, dists, signs, eps, ablation);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
@@ -474,6 +740,8 @@ TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
   m.impl("contrastive_distance_backward", &contrastive_distance_backward_cpu);
   m.impl("contrastive_loss", &contrastive_loss_cpu);
   m.impl("contrastive_loss_backward", &contrastive_loss_backward_cpu);
+  m.impl("contrastive_loss_signs", &contrastive_loss_signs_cpu);
+  m.impl("contrastive_loss_signs_backward", &contrastive_loss_signs_backward_cpu);
 }
 
 }  // namespace fastdehaze

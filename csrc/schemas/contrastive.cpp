@@ -25,6 +25,14 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // -> grads of the anchors (each like its anchor).
   m.def("contrastive_loss_backward(Tensor grad, Tensor[] anchors, Tensor[] positives, Tensor[] negatives, "
         "Tensor layer_weights, Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor[]");
+  // C++ CPU only: contrastive_loss that also returns `signs`, sign(a - p) and every sign(a - n_k)
+  // packed 2 bits per pair and element (int32 [sum_l Qr ceil(N_l / 16)], Qr = 1 + K or 1 in
+  // ablation mode; layout in csrc/cpu/contrastive.cpp), so that its backward reads the signs
+  // instead of the features (positives and negatives need not be saved for it).
+  m.def("contrastive_loss_signs(Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, "
+        "Tensor negative_weights, float eps, bool ablation) -> (Tensor, Tensor, Tensor)");
+  m.def("contrastive_loss_signs_backward(Tensor grad, Tensor[] anchors, Tensor layer_weights, "
+        "Tensor negative_weights, Tensor dists, Tensor signs, float eps, bool ablation) -> Tensor[]");
 }
 
 FD_PYTHON_MODULE(_C_contrastive)

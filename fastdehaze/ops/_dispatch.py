@@ -76,17 +76,35 @@ class FusedOp:
             (default launcher ``<name>_backward``; omit all three for an op without gradient).
         setup_context(ctx, inputs, output) and backward(ctx, backward_op, *grads): the autograd
             formula, given the backward op of the path that ran the forward.
+        cpu_only: the op exists only as a C++ CPU kernel (no Triton twin, no CUDA kernel): a
+            variant the Python layer picks for CPU tensors (e.g. contrastive_loss_signs).
     """
 
     def __init__(self, name: str, family: str, schema: str, *, fake: Callable, triton_impl: Optional[Callable] = None,
                  backward_schema: Optional[str] = None, backward_fake: Optional[Callable] = None,
                  triton_backward_impl: Optional[Callable] = None, setup_context: Optional[Callable] = None,
-                 backward: Optional[Callable] = None):
+                 backward: Optional[Callable] = None, cpu_only: bool = False):
         self.name, self.family = name, family
+        self.cpu_only = cpu_only
         REGISTRY[name] = self
         _ext.load(family)
         self.native = None
         self.native_backward = None
+        has_bwd = backward is not None
+        self.triton = None
+        if not cpu_only:
+            self._register_triton(name, family, schema, fake, triton_impl, backward_schema, backward_fake,
+                                  triton_backward_impl, setup_context, backward)
+        if _ext.native_loaded(family, "cpu"):
+            self.native = getattr(torch.ops.fastdehaze, name).default
+            torch.library.register_fake(f"fastdehaze::{name}")(fake)
+            if has_bwd:
+                self.native_backward = getattr(torch.ops.fastdehaze, f"{name}_backward").default
+                torch.library.register_fake(f"fastdehaze::{name}_backward")(backward_fake)
+                self._autograd(f"fastdehaze::{name}", self.native_backward, setup_context, backward)
+
+    def _register_triton(self, name, family, schema, fake, triton_impl, backward_schema, backward_fake,
+                         triton_backward_impl, setup_context, backward):
         has_bwd = backward is not None
         if triton_impl is None:
             triton_impl = _triton_launcher(family, name)
@@ -101,13 +119,6 @@ class FusedOp:
                                                            schema=backward_schema)
             self.triton_backward.register_fake(backward_fake)
             self._autograd(self.triton, self.triton_backward, setup_context, backward)
-        if _ext.native_loaded(family, "cpu"):
-            self.native = getattr(torch.ops.fastdehaze, name).default
-            torch.library.register_fake(f"fastdehaze::{name}")(fake)
-            if has_bwd:
-                self.native_backward = getattr(torch.ops.fastdehaze, f"{name}_backward").default
-                torch.library.register_fake(f"fastdehaze::{name}_backward")(backward_fake)
-                self._autograd(f"fastdehaze::{name}", self.native_backward, setup_context, backward)
 
     @staticmethod
     def _autograd(op, backward_op, setup_context, backward):
@@ -119,6 +130,8 @@ class FusedOp:
     def __call__(self, backend: str, *args):
         """Run the registered op of ``backend`` ("cpu", "cuda" or "triton")."""
         if backend == "triton":
+            if self.triton is None:
+                raise RuntimeError(f"fastdehaze: fastdehaze::{self.name} is a C++ CPU op (no Triton form)")
             return self.triton(*args)
         if self.native is None:
             raise RuntimeError(f"fastdehaze: the C++ op fastdehaze::{self.name} is not loaded: "
@@ -127,7 +140,7 @@ class FusedOp:
 
     def ops(self):
         """The registered forward ops (for opcheck in the tests)."""
-        out = {"triton": self.triton}
+        out = {} if self.triton is None else {"triton": self.triton}
         if self.native is not None:
             out["native"] = self.native
         return out

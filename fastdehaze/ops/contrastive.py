@@ -19,7 +19,11 @@ to the anchor only::
     dL/da = g lambda / N [sign(a - p) / D - d(a, p) sum_k w_k sign(a - n_k) / D^2],
     D = sum_k w_k d(a, n_k) + eps,  sign(0) = 0
 
-with no |a - p| or |a - n| temporaries of the feature size. Positives and negatives are
+with no |a - p| or |a - n| temporaries of the feature size. On the C++ CPU path, when an anchor
+needs a gradient, the forward also packs sign(a - p) and every sign(a - n_k) into 2 bits per
+pair and element ((1 + K) / 4 bytes per element) and the backward reads those bits instead of
+a, p and every n_k again: (3 + 2K) feature-size passes become (2 + K) plus a small one, and the
+positives' and negatives' features are not kept alive for the backward. Positives and negatives are
 detached (as in all three sources); negative and layer weights are constants. The layers of
 one ``contrastive_loss`` call are one op: one kernel launch over all layers on CUDA C++, one
 parallel loop on the CPU, one launch per layer (no synchronisation) in Triton.
@@ -113,6 +117,49 @@ _loss = FusedOp(
                     "Tensor negative_weights, Tensor dists, float eps, bool ablation) -> Tensor[]",
     backward_fake=_loss_backward_fake,
     setup_context=_loss_setup, backward=_loss_backward)
+
+
+def _signs_fake(anchors, positives, negatives, lw, w, eps, ablation):
+    K = len(negatives) // len(anchors)
+    planes = 1 if ablation else 1 + K
+    entries = sum(planes * ((a.numel() + 15) // 16) for a in anchors)
+    return (w.new_empty(()), w.new_empty((len(anchors), 1 + K)),
+            anchors[0].new_empty((entries,), dtype=torch.int32))
+
+
+def _signs_backward_fake(grad, anchors, lw, w, dists, signs, eps, ablation):
+    return [torch.empty_like(a) for a in anchors]
+
+
+def _signs_setup(ctx, inputs, output):
+    anchors, positives, negatives, lw, w, eps, ablation = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(lw, w, output[1], output[2], *anchors)  # not the positives and negatives
+    ctx.args = (len(positives), len(negatives), eps, ablation)
+
+
+def _signs_backward(ctx, backward_op, grad, _grad_dists, _grad_signs):
+    L, nn, eps, ablation = ctx.args
+    lw, w, dists, signs, *anchors = ctx.saved_tensors
+    grads = backward_op(grad, anchors, lw, w, dists, signs, eps, ablation)
+    return list(grads), [None] * L, [None] * nn, None, None, None, None
+
+
+# contrastive_loss with the packed signs (C++ CPU only; see the module docstring).
+_loss_signs = FusedOp(
+    "contrastive_loss_signs", FAMILY,
+    "(Tensor[] anchors, Tensor[] positives, Tensor[] negatives, Tensor layer_weights, Tensor negative_weights, "
+    "float eps, bool ablation) -> (Tensor, Tensor, Tensor)",
+    fake=_signs_fake,
+    backward_schema="(Tensor grad, Tensor[] anchors, Tensor layer_weights, Tensor negative_weights, Tensor dists, "
+                    "Tensor signs, float eps, bool ablation) -> Tensor[]",
+    backward_fake=_signs_backward_fake,
+    setup_context=_signs_setup, backward=_signs_backward, cpu_only=True)
+
+
+def _packs_signs(backend: str, anchors) -> bool:
+    """Whether to run the packed-signs variant: the C++ CPU backend and an anchor needing a gradient."""
+    return backend == "cpu" and torch.is_grad_enabled() and any(a.requires_grad for a in anchors)
 
 
 # ---- argument checks --------------------------------------------------------------------------
@@ -248,6 +295,9 @@ def contrastive_distance(anchor, positive, negatives=None, negative_weights=None
         negs = []
     w = _vector(_default_weights(negative_weights, len(negs)) if negs else (), "negative_weights", len(negs), cdt,
                 anchor.device)
+    if _packs_signs(b, [anchor]):
+        lw = _vector((1.0,), "layer_weights", 1, cdt, anchor.device)
+        return _loss_signs(b, [anchor], [positive.detach()], negs, lw, w, eps, ablation)[0]
     return _distance(b, anchor, positive.detach(), negs, w, eps, ablation)[0]
 
 
@@ -326,4 +376,5 @@ def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYE
     K = 0 if ablation else len(negs[0])
     w = _vector(_default_weights(negative_weights, K) if K else (), "negative_weights", K, cdt, a0.device)
     flat = [n for layer in negs for n in layer] if K else []
-    return _loss(b, list(anchors), [p.detach() for p in positives], flat, lw, w, eps, ablation)[0]
+    op = _loss_signs if _packs_signs(b, anchors) else _loss
+    return op(b, list(anchors), [p.detach() for p in positives], flat, lw, w, eps, ablation)[0]
