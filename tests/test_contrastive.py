@@ -279,12 +279,152 @@ def test_positives_and_negatives_get_no_gradient(backend_device):
 @pytest.mark.parametrize("K", [9, 17])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_many_negatives_and_block_edges(K, dtype):
-    """More negatives than one sweep of the C++ kernel holds (8) and lengths around its 4096-element
-    block, against the float64 reference (the multi-sweep path of csrc/cpu/contrastive.cpp)."""
-    shapes = [(1, 1, 1, 4097), (1, 2, 2, 1024), (1, 1, 1, 15)]
+    """More negatives than one sweep of the C++ kernel holds (8) and lengths around its
+    65536-element task and 4096-element pieces, against the float64 reference (the multi-sweep
+    path of csrc/cpu/contrastive.cpp)."""
+    shapes = [(1, 1, 1, 65537), (1, 2, 2, 1024), (1, 1, 1, 4097), (1, 1, 1, 15)]
     A, P, N = _feats(shapes, K, dtype=dtype)
     g = torch.Generator().manual_seed(1)
     w = torch.rand(K, generator=g, dtype=torch.float64)
     w = tuple((w / w.sum()).tolist())
     tol = (1e-10, 1e-12) if dtype == torch.float64 else (1e-5, 1e-7)
-    _check("cpu", "cpu", A, P, N, (0.5, 1.0, 2.0), w, rtol=tol[0], atol=tol[1])
+    _check("cpu", "cpu", A, P, N, (0.5, 1.0, 2.0, 0.25), w, rtol=tol[0], atol=tol[1])
+
+
+# ---- the C++ CPU packed-signs path (contrastive_loss_signs) ------------------------------------
+
+def _plain_and_signs_grads(A, P, N, lw, w, ablation=False):
+    """Loss, dists and anchor grads of the C++ op that re-reads the features in its backward and of
+    contrastive_loss_signs (what the public function runs on CPU tensors that need a gradient)."""
+    cdt = C.compute_dtype(A[0].dtype)
+    lw = torch.tensor(lw, dtype=cdt)
+    w = torch.tensor(w, dtype=cdt)
+    flat = [n for layer in N for n in layer]
+    out = []
+    for op in (C._loss, C._loss_signs):
+        res = op("cpu", A, P, flat, lw, w, 1e-7, ablation)
+        out.append((res[0], res[1], torch.autograd.grad(res[0] * 0.7, A)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("K", [1, 3, 9])
+def test_signs_backward_equals_rereading_backward(dtype, K):
+    """Gradients from the packed signs are bitwise those of the backward that re-reads a, p, n_k,
+    for lengths 1, 3, 17, 257, around the 16-element sign entries, the 65536-element tasks and
+    their sub-runs, with zero differences, NaN and several layers; and both match the reference."""
+    shapes = [(1,), (3,), (17,), (257,), (2, 3, 5, 7), (65536 + 8,), (2 * 65536 + 77,), (4 * 16 * 5 + 9,)]
+    A, P, N = _feats(shapes, K, dtype=dtype, seed=K)
+    with torch.no_grad():
+        A[4][0, 0, 0, :3] = P[4][0, 0, 0, :3]  # a == p: sign 0
+        A[4][1, 1, 1, :2] = N[4][0][1, 1, 1, :2]  # a == n_0: sign 0
+        A[3][7] = float("nan")
+    g = torch.Generator().manual_seed(2)
+    lw = tuple(torch.rand(len(shapes), generator=g).tolist())
+    w = tuple(torch.rand(K, generator=g).tolist())
+    for ablation in (False, True):
+        (l0, d0, g0), (l1, d1, g1) = _plain_and_signs_grads(A, P, N, lw, w, ablation)
+        torch.testing.assert_close(l0, l1, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(d0, d1, rtol=0, atol=0, equal_nan=True)
+        for x, y in zip(g0, g1):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+        if ablation:  # lambda sign(a - p) / N: sign(NaN) = 0, as torch.sign
+            assert g1[3][7] == 0 and torch.isfinite(g1[3]).all()
+        else:  # a NaN layer: NaN coefficients, NaN * 0 included (as autograd)
+            assert torch.isnan(g1[3]).all()
+        if dtype == torch.float64:
+            Ad = [a.detach().requires_grad_() for a in A]
+            ref = R.contrastive_loss(Ad, P, N, lw, w, ablation=ablation) * 0.7
+            gr = torch.autograd.grad(ref, Ad)
+            for x, y in zip(g1, gr):
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "slice", "nhwc_permuted", "expanded"])
+def test_signs_layouts(layout):
+    """The packed signs follow the memory order the forward reads the anchor in, which must be the
+    gradient's (at::empty_like(anchor)) for non-dense and channels_last anchors."""
+    g = torch.Generator().manual_seed(11)
+    B, Cc, H, W = 2, 5, 9, 13
+    base = torch.rand(B, Cc, H, W, generator=g, dtype=torch.float64)
+    if layout == "channels_last":
+        a = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "slice":
+        a = torch.rand(B, Cc, H, 2 * W, generator=g, dtype=torch.float64)[..., ::2]
+    elif layout == "nhwc_permuted":
+        a = torch.rand(B, Cc, W, H, generator=g, dtype=torch.float64).transpose(2, 3)
+    else:
+        a = torch.rand(1, Cc, H, W, generator=g, dtype=torch.float64).expand(B, Cc, H, W)
+    a = a.requires_grad_()
+    p = torch.rand(B, Cc, H, W, generator=g, dtype=torch.float64)
+    n = [torch.rand(B, Cc, H, W, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)]
+    (_, _, g0), (_, _, g1) = _plain_and_signs_grads([a], [p], [n], (1.0,), (1.0,))
+    torch.testing.assert_close(g0[0], g1[0], rtol=0, atol=0)
+    ad = a.detach().requires_grad_()
+    gr = torch.autograd.grad(R.contrastive_loss([ad], [p], [n], (1.0,)) * 0.7, ad)[0]
+    torch.testing.assert_close(g1[0], gr, rtol=1e-10, atol=1e-14)
+
+
+def test_signs_path_is_taken_and_frees_positives_and_negatives():
+    """On CPU with an anchor needing grad, the public function runs contrastive_loss_signs, which
+    does not keep the positives' and negatives' features alive for the backward (the plain op
+    does); without grad it runs the plain op and returns no signs."""
+    import weakref
+
+    A, P, N = _feats([(1, 2, 8, 8), (1, 3, 4, 4)], 2)
+    P2, N2 = [p.clone() for p in P], [n.clone() for n in N]
+    refs = [weakref.ref(t) for t in P2 + N2]
+    out = F.contrastive_loss(A, P2, N2, (0.5, 1.0), backend="cpu")
+    assert out.grad_fn is not None and "contrastive_loss_signs" in out.grad_fn.name()
+    del P2, N2
+    assert all(r() is None for r in refs), "positives/negatives kept alive by the signs path"
+    g = torch.autograd.grad(out, A)
+    gr = torch.autograd.grad(R.contrastive_loss(A, P, N, (0.5, 1.0)), A)
+    for x, y in zip(g, gr):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14)
+    # the plain op keeps them (its backward re-reads them)
+    P3 = [p.clone() for p in P]
+    keep = weakref.ref(P3[0])
+    flat = [n for layer in N for n in layer]
+    lw, w = torch.tensor([0.5, 1.0], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    out3 = C._loss("cpu", A, P3, flat, lw, w, 1e-7, False)[0]
+    del P3
+    assert keep() is not None and out3.grad_fn is not None
+    with torch.no_grad():
+        assert F.contrastive_loss(A, P, N, (0.5, 1.0), backend="cpu").grad_fn is None
+    # contrastive_distance takes the same path
+    d = F.contrastive_distance(A[0], P[0], N[0], backend="cpu")
+    assert "contrastive_loss_signs" in d.grad_fn.name()
+    torch.testing.assert_close(torch.autograd.grad(d, A[0])[0],
+                               torch.autograd.grad(R.contrastive_distance(A[0], P[0], N[0]), A[0])[0],
+                               rtol=1e-10, atol=1e-14)
+
+
+def test_signs_opcheck():
+    A, P, N = _feats([(1, 2, 3, 3), (1, 1, 2, 17)], 2)
+    flat = [n for layer in N for n in layer.unbind(0)]
+    w = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    lw = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    op = C._loss_signs.ops()["native"]
+    assert "triton" not in C._loss_signs.ops()
+    for abl in (False, True):
+        torch.library.opcheck(op, (A, P, flat, lw, w, 1e-7, abl))
+    a32 = [a.detach().float().requires_grad_() for a in A]
+    torch.library.opcheck(op, (a32, [p.float() for p in P], [n.float() for n in flat], lw.float(), w.float(),
+                               1e-7, False))
+
+
+def test_signs_backward_rejects_wrong_signs():
+    A, P, N = _feats([(1, 2, 3, 3)], 1)
+    lw, w = torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    loss, dists, signs = torch.ops.fastdehaze.contrastive_loss_signs(A, P, [N[0][0]], lw, w, 1e-7, False)
+    g = torch.ones((), dtype=torch.float64)
+    bwd = torch.ops.fastdehaze.contrastive_loss_signs_backward
+    with pytest.raises(RuntimeError, match="signs must be"):
+        bwd(g, A, lw, w, dists, signs[:-1], 1e-7, False)
+    with pytest.raises(RuntimeError, match="signs must be"):
+        bwd(g, A, lw, w, dists, signs.float(), 1e-7, False)
+    with pytest.raises(RuntimeError, match="dists must be"):
+        bwd(g, A, lw, w, torch.cat([dists, dists]), signs, 1e-7, False)
+    with pytest.raises(RuntimeError, match="Triton"):
+        C._loss_signs("triton", A, P, [N[0][0]], lw, w, 1e-7, False)
