@@ -2,19 +2,23 @@
 
 Cases: the five VGG19 feature shapes (relu1_1..relu5_1) of a [2,3,256,256] batch on the CPU
 ([8,3,256,256] on the GPU, ``gpu_cases``), with 1 negative (AECR-Net) and 6 (C2PNet).
-Providers: ``fused`` (fastdehaze.ops.contrastive_loss, C++ CPU), ``eager`` (the loss as
+Providers: ``fused`` (fastdehaze.ops.contrastive_loss, C++ CPU: with anchors that need a
+gradient this is the packed-signs form, whose backward reads 2 bits per pair and element
+instead of the features; see csrc/cpu/contrastive.cpp), ``eager`` (the loss as
 AECR-Net / C2PNet write it: one nn.L1Loss per layer and negative), ``compile``
 (torch.compile of that eager code). Peak memory: each variant in its own process
-(``test_peak_rss``, reported in extra_info).
+(``test_peak_rss``, reported in extra_info; the inputs stay alive there, so the fused path's
+saving from not keeping positives and negatives for the backward does not show).
 
 Fairness notes. ``eager`` is the sources' loop (one ``nn.L1Loss`` per layer and negative, the
 negatives' sum weighted as C2PNet does; for K = 1 the extra ``1.0 *`` of a scalar is free).
 ``compile`` gets its own compiled function per K (no recompilation churn between the cases)
 and two warm-up steps (compilation, then one run) before the timed rounds, like the others.
-The fused backward asks Linux for transparent huge pages on its large gradient outputs
-(madvise); eager and compile allocate through PyTorch's default CPU allocator, which does so
-only with ``THP_MEM_ALLOC_ENABLE=1`` in the environment: set it to give them the same benefit
-(it applies to every allocation of the process, so to all three providers). On a shared
+The fused kernels ask Linux for transparent huge pages on their large fresh outputs
+(gradients, packed signs; madvise); eager and compile allocate through PyTorch's default CPU
+allocator, which does so only with ``THP_MEM_ALLOC_ENABLE=1`` in the environment: set it to
+give them the same benefit (it applies to every allocation of the process, so to all three
+providers). On a shared
 machine run each comparison twice and compare minima as well as medians.
 
     python -m pytest benchmarks/bench_contrastive.py --benchmark-only -s

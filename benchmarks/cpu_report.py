@@ -41,10 +41,13 @@ def provider_of(bench: dict) -> str | None:
 def summarise(data: dict) -> list[str]:
     groups: dict[str, dict] = {}
     extras: dict[str, list] = {}
+    info_only: dict[str, dict] = {}  # benchmarks that only record numbers (e.g. peak memory per provider)
     for b in data["benchmarks"]:
         prov = provider_of(b)
         g = b.get("group") or b["name"]
         if prov is None:
+            if b.get("extra_info"):
+                info_only[g] = b["extra_info"]
             continue
         groups.setdefault(g, {})[prov] = (b["stats"]["min"], b["stats"]["median"], b["stats"]["rounds"])
         if b.get("extra_info"):
@@ -63,6 +66,9 @@ def summarise(data: dict) -> list[str]:
             ex = "; ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for p, e in extras.get(g, []) if p == prov for k, v in e.items())
             lines.append(f"| {g} | {prov} | {mn * 1e3:.2f} | {md * 1e3:.2f} | {n} | {sp} | {ex} |")
+    for g in sorted(info_only):
+        ex = "; ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info_only[g].items())
+        lines.append(f"| {g} | | | | | | {ex} |")
     return lines
 
 

@@ -1,26 +1,37 @@
 // C++ CPU kernels of the contrastive distance ops (SPEC section 4).
 //
 // Layout: the features of a layer are read in the memory order of the anchor (a dense anchor,
-// e.g. channels_last, is not copied; a positive or negative with other strides is copied once
-// into the anchor's layout). Work is split into tasks of kChunk elements over all layers at
-// once (one flat task list, so the five VGG layers of very different sizes are one parallel
-// loop); threads take runs of kGrab consecutive tasks from a shared counter (long sequential
-// streams, and a descheduled thread on a shared machine does not hold up the others).
+// e.g. channels_last, is not copied; a non-dense one, and a positive or negative with other
+// strides, is copied once into the layout of at::empty_like(anchor), the gradient's). Work is
+// split into tasks of kChunk elements over all layers at once (one flat task list, so the five
+// VGG layers of very different sizes are one parallel loop); threads take runs of kGrab
+// consecutive tasks from a shared counter (long sequential streams, and a descheduled thread on
+// a shared machine does not hold up the others). Each task is walked as up to 4 interleaved
+// runs (kSplit) so that a thread has about 12 memory streams in flight.
 //
 // Forward: one sweep per element over a, p and every negative (up to kMaxGroup negatives per
-// sweep; more negatives take further sweeps over the L1-resident chunk of a), summing |a - p|
+// sweep; more negatives take further sweeps over the L2-resident task of a), summing |a - p|
 // and each |a - n_k| in vector-wide lane accumulators of the compute type (float for
 // float/half/bfloat16, double for double) that are folded pairwise per task; the per-task
 // partial sums are added in double, serially in task order (deterministic whatever the thread
-// schedule).
-// Backward: one sweep per element computing
-//   dL/da = cp sign(a - p) - sum_k cn w_k sign(a - n_k),   sign(x) = (x > 0) - (x < 0)
+// schedule or count).
+// Backward: dL/da = cp sign(a - p) - sum_k cn w_k sign(a - n_k), sign(x) = (x > 0) - (x < 0)
 // (branch-free, sign(0) = sign(NaN) = 0 as torch.sign's gradient of abs gives) with per-layer
-// coefficients from contrastive_math.h, writing grad_a once. No feature-size temporaries.
-// The kernel asks Linux for transparent huge pages on large fresh gradient buffers before
-// first touch: on the VMs measured the 4 KiB page faults of a fresh 32 MiB output cost about
-// as much as the sweep's own memory traffic. (Streaming stores for the gradient were measured
-// too: no gain for 6 negatives, slower for 1, as the freshly zeroed huge page is cache-hot.)
+// coefficients from contrastive_math.h, writing grad_a once. No feature-size temporaries. Two
+// forms:
+// * contrastive_loss_signs (what the Python layer runs when an anchor needs a gradient): the
+//   forward also writes sign(a - p) and every sign(a - n_k) packed 2 bits per pair and element,
+//   and the backward reads those (1 + K) / 4 bytes per element instead of a, p and every n_k:
+//   a float32 step moves (2 + K) feature-size reads, the signs written and read back (together
+//   (1 + K) / 8 of one) and the gradient, instead of 2 (2 + K) reads and the gradient; and the
+//   features of the positives and negatives are not saved for the backward.
+// * contrastive_loss / contrastive_distance: the backward re-reads a, p and every n_k (the
+//   schema shared with the CUDA and Triton backends).
+// The kernel asks Linux for transparent huge pages on large fresh outputs (gradients, signs)
+// before first touch: on the VMs measured the 4 KiB page faults of a fresh 32 MiB output cost
+// about as much as the sweep's own memory traffic. (Streaming stores for the gradient were
+// measured too: no gain for 6 negatives, slower for 1, as the freshly zeroed huge page is
+// cache-hot.)
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
