@@ -22,8 +22,9 @@ to the anchor only::
 with no |a - p| or |a - n| temporaries of the feature size. On the C++ CPU path, when an anchor
 needs a gradient, the forward also packs sign(a - p) and every sign(a - n_k) into 2 bits per
 pair and element ((1 + K) / 4 bytes per element) and the backward reads those bits instead of
-a, p and every n_k again: (3 + 2K) feature-size passes become (2 + K) plus a small one, and the
-positives' and negatives' features are not kept alive for the backward. Positives and negatives are
+a, p and every n_k again: a step's 2 (2 + K) feature-size reads and one gradient write become
+(2 + K) reads, one write and (1 + K) / 8 of a float32 pass for the signs; and the positives' and
+negatives' features are not kept alive for the backward. Positives and negatives are
 detached (as in all three sources); negative and layer weights are constants. The layers of
 one ``contrastive_loss`` call are one op: one kernel launch over all layers on CUDA C++, one
 parallel loop on the CPU, one launch per layer (no synchronisation) in Triton.
