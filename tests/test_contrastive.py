@@ -1,5 +1,7 @@
 """contrastive_distance / contrastive_loss (SPEC section 4) in every backend vs the float64 reference."""
-import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -428,3 +430,44 @@ def test_signs_backward_rejects_wrong_signs():
         bwd(g, A, lw, w, torch.cat([dists, dists]), signs, 1e-7, False)
     with pytest.raises(RuntimeError, match="Triton"):
         C._loss_signs("triton", A, P, [N[0][0]], lw, w, 1e-7, False)
+
+
+def test_large_outputs_are_reused_from_the_cache():
+    """Gradients of 4 MiB or more come from the output cache: the next step reuses the freed block
+    (no fresh memory), values stay right, strides are those of empty_like (channels_last here),
+    and release_cpu_cache frees what is held."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(2, 16, 192, 192, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    p = torch.rand(2, 16, 192, 192, generator=g)
+    n = torch.rand(1, 2, 16, 192, 192, generator=g)
+    assert a.numel() * 4 >= 4 << 20
+    C.release_cpu_cache()
+    ptrs = []
+    for _ in range(2):
+        ga = torch.autograd.grad(F.contrastive_loss([a], [p], [n], (1.0,), backend="cpu"), a)[0]
+        assert ga.stride() == torch.empty_like(a).stride()
+        ptrs.append(ga.data_ptr())
+        del ga
+    assert ptrs[0] == ptrs[1]
+    ga = torch.autograd.grad(F.contrastive_loss([a], [p], [n], (1.0,), backend="cpu"), a)[0]
+    ad = a.detach().double().requires_grad_()
+    gr = torch.autograd.grad(R.contrastive_loss([ad], [p.double()], [n.double()], (1.0,)), ad)[0]
+    torch.testing.assert_close(ga.double(), gr, rtol=1e-5, atol=1e-12)
+    del ga
+    assert C.release_cpu_cache() >= a.numel() * 4
+    assert C.release_cpu_cache() == 0
+
+
+def test_cache_can_be_disabled():
+    code = ("import torch, fastdehaze.ops as F\n"
+            "from fastdehaze.ops import contrastive as C\n"
+            "a = torch.rand(1, 8, 512, 256, requires_grad=True)\n"
+            "p, n = torch.rand(1, 8, 512, 256), torch.rand(1, 1, 8, 512, 256)\n"
+            "torch.autograd.grad(F.contrastive_loss([a], [p], [n], (1.0,), backend='cpu'), a)\n"
+            "print(C.release_cpu_cache())\n")
+    env = {**os.environ, "FASTDEHAZE_CPU_CACHE_MB": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0"
+    env["FASTDEHAZE_CPU_CACHE_MB"] = "512"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert int(out.stdout.strip().splitlines()[-1]) >= 4 << 20

@@ -27,11 +27,11 @@
 //   features of the positives and negatives are not saved for the backward.
 // * contrastive_loss / contrastive_distance: the backward re-reads a, p and every n_k (the
 //   schema shared with the CUDA and Triton backends).
-// The kernel asks Linux for transparent huge pages on large fresh outputs (gradients, signs)
-// before first touch: on the VMs measured the 4 KiB page faults of a fresh 32 MiB output cost
-// about as much as the sweep's own memory traffic. (Streaming stores for the gradient were
-// measured too: no gain for 6 negatives, slower for 1, as the freshly zeroed huge page is
-// cache-hot.)
+// Large outputs (gradients, signs) come from a bounded cache of huge-page blocks
+// (fastdehaze/output_cache.h): on the VMs measured, the page faults of a fresh 32 MiB output
+// cost more than the sweep that writes it, and a training step asks for the same sizes every
+// time. (Streaming stores for the gradient were measured too: no gain for 6 negatives, slower
+// for 1.)
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
@@ -46,15 +46,13 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include "fastdehaze/contrastive_math.h"
 #include "fastdehaze/cpu_utils.h"
+#include "fastdehaze/output_cache.h"
 
 namespace fastdehaze {
 namespace {
@@ -65,8 +63,6 @@ constexpr int64_t kChunk = 65536;  // elements per task (256 KiB runs of float32
 constexpr int64_t kGrab = 1;       // consecutive tasks a thread takes at a time
 constexpr int64_t kSub = 4096;     // elements per L1-resident piece (more than kMaxGroup negatives)
 constexpr int kMaxGroup = 8;      // negatives handled by one sweep
-// Outputs at least this large get the huge-page hint.
-constexpr int64_t kBigBytes = int64_t(4) << 20;
 
 // ---- 64-byte vectors of the compute type (GCC/Clang vector extensions) ------------------------
 
@@ -518,19 +514,6 @@ void for_each_task(int64_t ntask, bool from_end, const F& body) {
   });
 }
 
-// Ask for transparent huge pages on the whole 2 MiB pages inside a large, not yet touched output.
-void advise_huge(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (static_cast<int64_t>(t.nbytes()) < kBigBytes) return;
-  constexpr std::uintptr_t kHuge = std::uintptr_t(2) << 20;
-  const auto b = reinterpret_cast<std::uintptr_t>(t.data_ptr());
-  const std::uintptr_t s = (b + kHuge - 1) & ~(kHuge - 1), e = (b + t.nbytes()) & ~(kHuge - 1);
-  if (e > s) (void)madvise(reinterpret_cast<void*>(s), e - s, MADV_HUGEPAGE);  // a hint: failure is harmless
-#else
-  (void)t;
-#endif
-}
-
 // ---- ops ----------------------------------------------------------------------------------------
 
 // (loss, dists, signs); signs (packed signs, see above) only with save_signs, else empty.
@@ -547,8 +530,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const char* op, at::
   auto dists = at::empty({s.L, Q}, w.options());
   std::vector<int64_t> sign0(s.L + 1, 0);  // first entry of layer l's planes
   for (int64_t l = 0; l < s.L; ++l) sign0[l + 1] = sign0[l] + Qr * sign_entries(s.N[l]);
-  auto signs = at::empty({save_signs ? sign0[s.L] : 0}, w.options().dtype(at::kInt));
-  if (save_signs) advise_huge(signs);
+  const int64_t nsign = save_signs ? sign0[s.L] : 0;
+  auto signs = cached_empty_strided({nsign}, {1}, w.options().dtype(at::kInt));
   uint32_t* sgp = save_signs ? reinterpret_cast<uint32_t*>(signs.mutable_data_ptr<int32_t>()) : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.a[0].scalar_type(), "contrastive_cpu", [&] {
     using op_t = opmath_t<scalar_t>;
@@ -628,10 +611,7 @@ std::vector<at::Tensor> backward_impl(const char* op, const at::Tensor& grad, at
                                       at::TensorList positives, at::TensorList negatives, const at::Tensor& lw,
                                       const at::Tensor& w, const at::Tensor& dists, double eps, bool ablation) {
   std::vector<at::Tensor> grads;
-  for (const auto& a : anchors) {
-    grads.push_back(at::empty_like(a));
-    advise_huge(grads.back());
-  }
+  for (const auto& a : anchors) grads.push_back(cached_empty_like(a));
   const Layers s = prepare(op, anchors, positives, negatives, w, ablation, &grads);
   const int64_t Q = 1 + s.K;
   TORCH_CHECK(dists.dim() == 2 && dists.size(0) == s.L && dists.size(1) == Q, "fastdehaze::", op,
@@ -697,8 +677,7 @@ std::vector<at::Tensor> signs_backward_impl(const char* op, const at::Tensor& gr
   for (const auto& a : anchors) {
     check_cpu(a, "anchor");
     TORCH_CHECK(a.scalar_type() == dt, "fastdehaze::", op, ": all features must share one dtype");
-    grads.push_back(at::empty_like(a));  // dense, in the memory order the forward read the anchor in
-    advise_huge(grads.back());
+    grads.push_back(cached_empty_like(a));  // dense, in the memory order the forward read the anchor in
     N.push_back(a.numel());
     task0.push_back(task0.back() + (a.numel() + kChunk - 1) / kChunk);
     sign0.push_back(sign0.back() + Qr * sign_entries(a.numel()));
@@ -769,6 +748,12 @@ std::vector<at::Tensor> contrastive_loss_signs_backward_cpu(const at::Tensor& gr
 }
 
 }  // namespace
+
+// Frees the blocks the contrastive kernels keep for their large outputs (output_cache.h);
+// returns the bytes freed. No tensor arguments, so one kernel for every device.
+TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
+  m.def("contrastive_release_cache() -> int", [] { return release_output_cache(); });
+}
 
 TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
   m.impl("contrastive_distance", &contrastive_distance_cpu);

@@ -44,7 +44,7 @@ import torch
 from ..reference import contrastive as _ref
 from ._dispatch import FusedOp, compute_dtype, resolve_backend
 
-__all__ = ["contrastive_distance", "contrastive_loss", "AECR_LAYER_WEIGHTS"]
+__all__ = ["contrastive_distance", "contrastive_loss", "release_cpu_cache", "AECR_LAYER_WEIGHTS"]
 
 FAMILY = "contrastive"
 
@@ -156,6 +156,20 @@ _loss_signs = FusedOp(
                     "Tensor signs, float eps, bool ablation) -> Tensor[]",
     backward_fake=_signs_backward_fake,
     setup_context=_signs_setup, backward=_signs_backward, cpu_only=True)
+
+
+def release_cpu_cache() -> int:
+    """Free the memory the C++ CPU contrastive kernels keep for reuse; returns the bytes freed.
+
+    Their large outputs (anchor gradients and packed signs of 4 MiB or more) come from a cache
+    of 2 MiB-aligned blocks so that the next training step, which asks for the same sizes,
+    does not pay page faults on fresh memory (csrc/include/fastdehaze/output_cache.h). The
+    cache holds at most ``FASTDEHAZE_CPU_CACHE_MB`` megabytes of freed blocks (read once per
+    process; default 512, 0 disables it). Returns 0 when the C++ extension is not loaded.
+    """
+    if _loss.native is None:
+        return 0
+    return int(torch.ops.fastdehaze.contrastive_release_cache())
 
 
 def _packs_signs(backend: str, anchors) -> bool:
