@@ -11,7 +11,13 @@ Cases (CPU, one run, grouped so that the ratios come from one table):
   (``torch.compile`` of that eager code, warmed up first). Issue 4 asks fused >= 5x eager.
 * ``patch-rank-...-p32-s16``: the same with overlapping patches (stride 16).
 * ``gather-8x3x512x512-k4-p32``: ``gather_patches`` forward + backward of 2 x 4 patches vs the
-  eager slicing + ``torch.stack`` version.
+  eager slicing + ``torch.stack`` version. The backward gets a fixed upstream gradient
+  (``grad_outputs``), not a loss: with ``.square().sum()`` the fused and eager rows ran the loss
+  and its backward as 5 eager ATen ops (5 OpenMP fork/joins, each up to a scheduler tick when
+  another process holds a core) that ``compile`` fused into its own gather kernels, so they timed
+  the loss as much as the gather. Every provider gets one warm-up call (only ``compile`` had one):
+  the first ``grad_outputs`` call imports sympy (~0.3 s), which made pytest-benchmark calibrate the
+  first row (fused) to 5 cold rounds.
 
 ``gpu_cases(device, small)`` gives benchmarks/gpu_check.py the same cases on a GPU.
 """
@@ -87,21 +93,20 @@ def test_gather(benchmark, provider):
     x = _image().requires_grad_()
     r = ops.patch_brightness_rank(x, PATCH, PATCH, K, backend="cpu")
     corners = torch.cat([r.bright_corner, r.dark_corner], 1)
+    go = _image((SHAPE[0], corners.shape[1], SHAPE[1], PATCH, PATCH))  # the upstream gradient
 
     if provider == "fused":
         def fn():
-            p = ops.gather_patches(x, corners, PATCH, backend="cpu")
-            return torch.autograd.grad(p.square().sum(), x)[0]
+            return torch.autograd.grad(ops.gather_patches(x, corners, PATCH, backend="cpu"), x, go)[0]
     elif provider == "eager":
         def fn():
-            p = eager_gather(x, corners)
-            return torch.autograd.grad(p.square().sum(), x)[0]
+            return torch.autograd.grad(eager_gather(x, corners), x, go)[0]
     else:
-        c = compiled(lambda x, corners: ops.gather_patches(x, corners, PATCH, backend="reference").square().sum())
+        c = compiled(lambda x, corners: ops.gather_patches(x, corners, PATCH, backend="reference"))
 
         def fn():
-            return torch.autograd.grad(c(x, corners), x)[0]
-        fn()
+            return torch.autograd.grad(c(x, corners), x, go)[0]
+    fn()  # warm-up, every provider (see the module docstring)
     benchmark(fn)
 
 
@@ -125,17 +130,17 @@ def gpu_cases(device, small):
     xg = x.clone().requires_grad_()
     r = ops.patch_brightness_rank(x, patch, patch, K, backend=nat)
     corners = torch.cat([r.bright_corner, r.dark_corner], 1)
+    go = _image((shape[0], corners.shape[1], shape[1], patch, patch), device)  # upstream gradient, as on the CPU
 
     def fused(b):
-        p = ops.gather_patches(xg, corners, patch, backend=b)
-        return torch.autograd.grad(p.square().sum(), xg)[0]
+        return torch.autograd.grad(ops.gather_patches(xg, corners, patch, backend=b), xg, go)[0]
 
     def eager():
-        return torch.autograd.grad(eager_gather(xg, corners, patch).square().sum(), xg)[0]
+        return torch.autograd.grad(eager_gather(xg, corners, patch), xg, go)[0]
 
-    cg = compiled(lambda x, c: ops.gather_patches(x, c, patch, backend="reference").square().sum())
+    cg = compiled(lambda x, c: ops.gather_patches(x, c, patch, backend="reference"))
     gbytes = 2 * tensor_bytes(x) + 2 * corners.shape[0] * corners.shape[1] * shape[1] * patch * patch * 4
     cases.append(Case(f"gather fwd+bwd f32 {list(shape)} k{corners.shape[1]} p{patch}", gbytes,
-                      {"eager": eager, "compile": lambda: torch.autograd.grad(cg(xg, corners), xg)[0],
+                      {"eager": eager, "compile": lambda: torch.autograd.grad(cg(xg, corners), xg, go)[0],
                        "cuda": lambda: fused(nat), "triton": lambda: fused("triton")}))
     return cases

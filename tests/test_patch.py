@@ -368,6 +368,30 @@ def test_gather_k0_batch0_half_and_layouts(backend_device):
         assert torch.equal(g.cpu().to(F64), count)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.bfloat16])
+def test_gather_above_the_threading_threshold_cpu(dtype):
+    # The C++ gather runs in the calling thread below 4 MiB written and one task per thread above
+    # it: here both the forward (320 patches of 48x48x3) and the backward (3 planes: on 2 threads
+    # the second starts inside the image) are above it. Repeated and overlapping patches, a
+    # channels_last input.
+    B, C, H, W, p, k = 1, 3, 1000, 1100, 48, 320
+    x = _img((B, C, H, W), seed=21, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    corners = _corners(B, k, H, W, p, seed=22)
+    corners[:, 1] = (corners[:, 0] + 3).clamp(max=min(H, W) - p)  # overlaps patch 0
+    out = F.gather_patches(x, corners, p, backend="cpu")
+    assert torch.equal(out.detach(), R.gather_patches(x.detach(), corners, p))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    (gx,) = torch.autograd.grad(out, x, g)
+    # the documented order: each pixel sums its patches in ascending patch index, in float (double for F64)
+    acc_dtype = F64 if dtype == F64 else torch.float32
+    want = torch.zeros(B, C, H, W, dtype=acc_dtype)
+    for q in range(k):
+        y0, x0 = corners[0, q].tolist()
+        want[0, :, y0:y0 + p, x0:x0 + p] += g[0, q].to(acc_dtype)
+    assert torch.equal(gx, want.to(dtype))
+    assert torch.equal(torch.autograd.grad(F.gather_patches(x, corners, p, backend="cpu"), x, g)[0], gx)
+
+
 @pytest.mark.parametrize("corners,patch,exc,match", [
     (torch.zeros(1, 2, 2), 3, TypeError, "corners must be an integer"),
     (torch.zeros(1, 2, 3, dtype=torch.int64), 3, ValueError, "corners must be"),

@@ -14,9 +14,12 @@
 // is ranked by a partial sort under patch_math::precedes, the strict total order of
 // torch.sort(stable=True), so the selection equals the reference's.
 //
-// gather_patches: a row copy per (image, patch, channel, patch row); its backward zeroes each
-// (image, channel) plane and adds the patches in order (one task per plane: no races,
-// deterministic; half gradients are summed in float).
+// gather_patches: a row copy per (image, patch, channel, patch row), read through x's strides
+// (no contiguous copy of a channels_last or sliced image). Its backward writes each (image,
+// channel) plane once, row by row: rows no patch covers are zero-filled, a covered row is the sum
+// of its patches' rows in ascending patch order (one task per plane: no races, deterministic;
+// summed in float for half dtypes). Both run in the calling thread unless they write more than
+// kGatherParallelBytes (see there).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -198,6 +201,21 @@ void check_corners(const at::Tensor& corners, int64_t B, const char* op) {
               "fastdehaze::", op, ": corners must be an int64 [B,k,2] tensor");
 }
 
+// The gather ops are memory-bound copies and fills. One that writes fewer than
+// kGatherParallelBytes runs in the calling thread: an OpenMP fork/join costs ~10 us on an idle
+// machine but up to a scheduler tick (4-8 ms measured on the 2-core box) when another process
+// holds the second core, and a second thread saves ~20 us of the 0.8 MB forward of the IICL
+// default (8 patches of 32x32 x 3 channels x 8 images, float32). Larger ones (the backward's
+// full-size gradient, 25 MB for [8,3,512,512] float32) run one task per thread of ATen's pool:
+// the second thread saves 0.3-0.5 ms. Measured and not kept for those: a serial backward and a
+// helper thread outside the OpenMP pool, both more robust alone under load but slower under
+// load between other ATen ops (the pool's workers fall asleep, or compete with the helper).
+constexpr int64_t kGatherParallelBytes = int64_t(4) << 20;
+
+int64_t gather_grain(int64_t ntask, int64_t bytes) {
+  return bytes < kGatherParallelBytes ? std::max<int64_t>(ntask, 1) : 1;
+}
+
 at::Tensor gather_patches_cpu(const at::Tensor& x, const at::Tensor& corners, int64_t patch) {
   check_cpu(x, "x");
   TORCH_CHECK(x.dim() == 4, "fastdehaze::gather_patches: x must be [B,C,H,W]");
@@ -207,22 +225,27 @@ at::Tensor gather_patches_cpu(const at::Tensor& x, const at::Tensor& corners, in
   const int64_t k = corners.size(1);
   auto out = at::empty({B, k, C, p, p}, x.options());
   if (out.numel() == 0) return out;
-  auto xc = x.contiguous();
   auto cc = corners.contiguous();
   const int64_t* cp = cc.const_data_ptr<int64_t>();
   for (int64_t q = 0; q < B * k; ++q)
     TORCH_CHECK(cp[2 * q] >= 0 && cp[2 * q] <= H - p && cp[2 * q + 1] >= 0 && cp[2 * q + 1] <= W - p,
                 "fastdehaze::gather_patches: corner out of range");
+  // x is read through its strides (channels_last, slices): no contiguous copy of the image.
+  const int64_t sB = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gather_patches_cpu", [&] {
-    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * k * C, 1, [&](int64_t begin, int64_t end) {
+    const int64_t ntask = B * k * C;  // one (image, patch, channel) each
+    at::parallel_for(0, ntask, gather_grain(ntask, out.numel() * out.element_size()), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t % C, bq = t / C, b = bq / k;
         const int64_t y0 = cp[2 * bq], x0 = cp[2 * bq + 1];
-        const scalar_t* src = xp + ((b * C + c) * H + y0) * W + x0;
+        const scalar_t* src = xp + b * sB + c * sC + y0 * sH + x0 * sW;
         scalar_t* dst = op + t * p * p;
-        for (int64_t dy = 0; dy < p; ++dy) std::memcpy(dst + dy * p, src + dy * W, p * sizeof(scalar_t));
+        for (int64_t dy = 0; dy < p; ++dy, dst += p, src += sH) {
+          if (sW == 1) std::memcpy(dst, src, p * sizeof(scalar_t));
+          else for (int64_t dx = 0; dx < p; ++dx) dst[dx] = src[dx * sW];
+        }
       }
     });
   });
@@ -247,27 +270,50 @@ at::Tensor gather_patches_backward_cpu(const at::Tensor& grad, const at::Tensor&
     using op_t = opmath_t<scalar_t>;
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int64_t HW = H * W;
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      // float/double planes are summed in place; half planes in a float scratch plane.
+    const int64_t ntask = B * C;  // one (image, channel) plane each
+    at::parallel_for(0, ntask, gather_grain(ntask, gx.numel() * gx.element_size()), [&](int64_t begin, int64_t end) {
+      // Per image, the patches covering each row in ascending q (a CSR list: row y's patches are
+      // rq[rs[y]] .. rq[rs[y + 1] - 1]), shared by the image's channels.
       constexpr bool kInPlace = std::is_same_v<scalar_t, op_t>;
-      std::vector<op_t> scratch(kInPlace ? 0 : HW);
+      std::vector<int64_t> rs(H + 1), pos(H), rq(k * p);
+      std::vector<op_t> acc(kInPlace ? 0 : W);
+      int64_t cur_b = -1;
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / C, c = t % C;
-        op_t* acc = kInPlace ? reinterpret_cast<op_t*>(gxp + t * HW) : scratch.data();
-        std::fill(acc, acc + HW, op_t(0));
-        for (int64_t q = 0; q < k; ++q) {
-          const int64_t y0 = cp[2 * (b * k + q)], x0 = cp[2 * (b * k + q) + 1];
-          const scalar_t* src = gp + ((b * k + q) * C + c) * p * p;
-          for (int64_t dy = 0; dy < p; ++dy) {
-            op_t* dst = acc + (y0 + dy) * W + x0;
-            const scalar_t* s = src + dy * p;
-            for (int64_t dx = 0; dx < p; ++dx) dst[dx] += static_cast<op_t>(s[dx]);
-          }
+        const int64_t* cb = cp + 2 * b * k;
+        if (b != cur_b) {
+          cur_b = b;
+          std::fill(rs.begin(), rs.end(), int64_t(0));
+          for (int64_t q = 0; q < k; ++q)
+            for (int64_t dy = 0; dy < p; ++dy) ++rs[cb[2 * q] + dy + 1];
+          for (int64_t y = 0; y < H; ++y) rs[y + 1] += rs[y];
+          std::copy(rs.begin(), rs.end() - 1, pos.begin());
+          for (int64_t q = 0; q < k; ++q)
+            for (int64_t dy = 0; dy < p; ++dy) rq[pos[cb[2 * q] + dy]++] = q;
         }
-        if constexpr (!kInPlace) {
-          scalar_t* o = gxp + t * HW;
-          for (int64_t e = 0; e < HW; ++e) o[e] = static_cast<scalar_t>(acc[e]);
+        scalar_t* plane = gxp + t * H * W;
+        for (int64_t y = 0; y < H;) {
+          if (rs[y] == rs[y + 1]) {  // a run of rows no patch covers: zeros, written once
+            int64_t y1 = y + 1;
+            while (y1 < H && rs[y1] == rs[y1 + 1]) ++y1;
+            std::memset(plane + y * W, 0, (y1 - y) * W * sizeof(scalar_t));
+            y = y1;
+            continue;
+          }
+          // A covered row: zeros plus its patches' rows in q order, summed in place for float and
+          // double, in an op_t row (L1) stored at the end for half dtypes.
+          scalar_t* o = plane + y * W;
+          op_t* a = kInPlace ? reinterpret_cast<op_t*>(o) : acc.data();
+          std::fill(a, a + W, op_t(0));
+          for (int64_t e = rs[y]; e < rs[y + 1]; ++e) {
+            const int64_t q = rq[e], y0 = cb[2 * q], x0 = cb[2 * q + 1];
+            const scalar_t* s = gp + (((b * k + q) * C + c) * p + (y - y0)) * p;
+            op_t* d = a + x0;
+            for (int64_t dx = 0; dx < p; ++dx) d[dx] += static_cast<op_t>(s[dx]);
+          }
+          if constexpr (!kInPlace)
+            for (int64_t xx = 0; xx < W; ++xx) o[xx] = static_cast<scalar_t>(acc[xx]);
+          ++y;
         }
       }
     });
