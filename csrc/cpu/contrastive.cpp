@@ -7,7 +7,7 @@
 // VGG layers of very different sizes are one parallel loop); threads take runs of kGrab
 // consecutive tasks from a shared counter (long sequential streams, and a descheduled thread on
 // a shared machine does not hold up the others). Each task is walked as up to 4 interleaved
-// runs (kSplit) so that a thread has about 12 memory streams in flight.
+// runs (kSplit) when it has few streams, so that a thread keeps more cache misses in flight.
 //
 // Forward: one sweep per element over a, p and every negative (up to kMaxGroup negatives per
 // sweep; more negatives take further sweeps over the L2-resident task of a), summing |a - p|
@@ -224,10 +224,12 @@ inline vec<op_t> signed_coef(uint32_t pos, uint32_t neg, vec<op_t> c) {
 
 // ---- forward sweep ------------------------------------------------------------------------------
 
-// Sub-streams per sweep: a task's elements are walked as kSplit(streams) interleaved runs, so a
-// thread keeps about 12 memory streams in flight (more outstanding cache misses than 3 streams
-// give; measured on a 2-core EPYC: the forward of 1 negative went from about 35 to 45 GB/s).
-constexpr int kSplit(int streams) { return streams <= 3 ? 4 : (streams <= 6 ? 2 : 1); }
+// Sub-streams per sweep: a task's elements are walked as kSplit(streams) interleaved runs, so
+// that a thread with few streams (a, p and one negative) keeps more cache misses in flight.
+// Measured on a 2-core EPYC, forward with packed signs of 1 negative against torch.compile's
+// forward in the same process: 2 runs 0.92x its time, 1 run 0.99x, 4 runs 1.13x (too many
+// streams once the sign planes are written too); 8 or more streams gain nothing from runs.
+constexpr int kSplit(int streams) { return streams <= 3 ? 2 : 1; }
 
 // One sweep over n elements: out[0] += sum |a - p| (when P), out[P + k] += sum |a - n_k|, k < KC.
 // With S, the signs of a - p (when P) and of every a - n_k also go to planes P + k of sg (plane
