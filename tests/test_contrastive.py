@@ -246,6 +246,15 @@ def test_bad_input():
         F.contrastive_distance(a, p, n, (1.0, -0.5))
     with pytest.raises(ValueError, match="eps"):
         F.contrastive_distance(a, p, n, eps=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        F.contrastive_distance(a, p, n, eps=float("nan"))
+    for bad in ((float("nan"), 0.5), (float("inf"), 0.5), torch.tensor([0.5, float("nan")])):
+        with pytest.raises(ValueError, match="negative_weights must be finite"):
+            F.contrastive_distance(a, p, n, bad)
+    with pytest.raises(ValueError, match="layer_weights must be finite"):
+        F.contrastive_loss([a], [p], [n], (float("nan"),))
+    numpy = pytest.importorskip("numpy")
+    assert torch.isfinite(F.contrastive_distance(a, p, n, eps=numpy.float32(1e-7)))  # any real eps
     with pytest.raises(TypeError, match="ablation"):
         F.contrastive_distance(a, p, n, ablation=1)
     with pytest.raises(ValueError, match="layer_weights"):
@@ -453,6 +462,7 @@ def test_large_outputs_are_reused_from_the_cache():
     ad = a.detach().double().requires_grad_()
     gr = torch.autograd.grad(R.contrastive_loss([ad], [p.double()], [n.double()], (1.0,)), ad)[0]
     torch.testing.assert_close(ga.double(), gr, rtol=1e-5, atol=1e-12)
+    ga.resize_(3, 16, 192, 192)  # resizable like any tensor (the block goes back to the cache)
     del ga
     assert C.release_cpu_cache() >= a.numel() * 4
     assert C.release_cpu_cache() == 0
@@ -471,3 +481,22 @@ def test_cache_can_be_disabled():
     env["FASTDEHAZE_CPU_CACHE_MB"] = "512"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert int(out.stdout.strip().splitlines()[-1]) >= 4 << 20
+
+
+def test_cache_keeps_the_latest_sizes_within_its_limit():
+    """Gradients of 8, 12 and 16 MiB in turn under a 20 MiB limit: the oldest blocks are evicted,
+    so the cache ends holding the 16 MiB block only; a bad limit warns and uses the default."""
+    code = ("import torch, fastdehaze.ops as F\n"
+            "from fastdehaze.ops import contrastive as C\n"
+            "for c in (8, 12, 16):\n"
+            "    a = torch.rand(1, c, 512, 512, requires_grad=True)\n"
+            "    p, n = torch.rand(1, c, 512, 512), torch.rand(1, 1, c, 512, 512)\n"
+            "    torch.autograd.grad(F.contrastive_loss([a], [p], [n], (1.0,), backend='cpu'), a)\n"
+            "print(C.release_cpu_cache() >> 20)\n")
+    env = {**os.environ, "FASTDEHAZE_CPU_CACHE_MB": "20"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "16"
+    env["FASTDEHAZE_CPU_CACHE_MB"] = "lots"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "36"
+    assert "FASTDEHAZE_CPU_CACHE_MB=lots" in out.stderr

@@ -102,3 +102,21 @@ def test_as_bc_broadcast_forms(value, shape):
 def test_as_bc_rejects_bad_forms_naming_the_argument(bad, exc):
     with pytest.raises(exc, match="beta"):
         as_bc(bad, "beta", 2, 3, torch.float32, torch.device("cpu"))
+
+
+def test_double_backward_is_an_error_not_a_silent_zero():
+    """The fused backward ops have no autograd formula: create_graph=True must raise (naming the
+    op and the way out) instead of returning a gradient whose own gradient is silently zero."""
+    import fastdehaze.ops as F
+
+    a = torch.rand(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    p, n = torch.rand(2, 2, 3, 5, 5, dtype=torch.float64).unbind(0)
+    with pytest.raises(RuntimeError, match="contrastive.*double backward.*reference"):
+        torch.autograd.grad(F.contrastive_distance(a, p, [n], backend="cpu"), a, create_graph=True)
+    img = torch.rand(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="recover.*double backward"):
+        torch.autograd.grad(F.recover(img, torch.rand(1, 1, 8, 8, dtype=torch.float64), 0.8).sum(), img,
+                            create_graph=True)
+    # the reference backend supports it
+    g, = torch.autograd.grad(F.contrastive_distance(a, p, [n], backend="reference"), a, create_graph=True)
+    assert g.requires_grad

@@ -122,7 +122,15 @@ class FusedOp:
 
     @staticmethod
     def _autograd(op, backward_op, setup_context, backward):
+        name = str(op).split("(")[0] if not isinstance(op, str) else op
+
         def _bwd(ctx, *grads):
+            # The backward ops have no autograd formula: with create_graph=True (double backward,
+            # gradient penalties) the second derivative would silently be zero. Eager only: under
+            # torch.compile AOTAutograd traces the backward with grad mode on by design.
+            if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                raise RuntimeError(f"fastdehaze: {name} has no double backward (create_graph=True): use "
+                                   "backend='reference' for higher-order gradients")
             return backward(ctx, backward_op, *grads)
 
         torch.library.register_autograd(op, _bwd, setup_context=setup_context)

@@ -38,6 +38,8 @@ NaN, like nn.L1Loss. Autocast: the op runs in the features' dtype.
 """
 from __future__ import annotations
 
+import math
+import numbers
 
 import torch
 
@@ -229,8 +231,9 @@ def _vector(values, name: str, n: int, dtype: torch.dtype, device: torch.device)
             raise ValueError(f"{name} must hold {n} values, got shape {tuple(values.shape)}")
         if values.device != device:
             raise ValueError(f"{name} is on {values.device} but the features are on {device}")
-        if values.device.type == "cpu" and not torch.compiler.is_compiling() and bool((values < 0).any()):
-            raise ValueError(f"{name} must be >= 0")
+        if (values.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool((~torch.isfinite(values) | (values < 0)).any())):
+            raise ValueError(f"{name} must be finite and >= 0")
         return values.detach().to(dtype).contiguous()
     try:
         vals = tuple(float(v) for v in values)
@@ -239,8 +242,8 @@ def _vector(values, name: str, n: int, dtype: torch.dtype, device: torch.device)
     if len(vals) != n:
         raise ValueError(f"{name} must hold {n} values (one per {'layer' if 'layer' in name else 'negative'}), "
                          f"got {len(vals)}")
-    if any(v < 0 for v in vals):
-        raise ValueError(f"{name} must be >= 0, got {vals}")
+    if not all(math.isfinite(v) and v >= 0 for v in vals):
+        raise ValueError(f"{name} must be finite and >= 0, got {vals}")
     if torch.compiler.is_compiling():
         return torch.tensor(vals, dtype=dtype, device=device)
     key = (vals, dtype, device)
@@ -253,7 +256,7 @@ def _vector(values, name: str, n: int, dtype: torch.dtype, device: torch.device)
 
 
 def _scalars(eps, ablation):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -294,8 +297,8 @@ def contrastive_distance(anchor, positive, negatives=None, negative_weights=None
     Raises:
         TypeError: a non-tensor or non-floating feature, a dtype differing from the anchor's,
             a non-float eps or non-bool ablation.
-        ValueError: a shape differing from the anchor's, zero negatives, a wrong number of or
-            negative weights, eps < 0, features on different devices.
+        ValueError: a shape differing from the anchor's, zero negatives, a wrong number of,
+            negative or non-finite weights, eps < 0 or NaN, features on different devices.
         RuntimeError: the requested backend is unavailable for the anchor's device.
     """
     _feature(anchor, "anchor")
@@ -343,8 +346,8 @@ def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYE
     Raises:
         TypeError: non-sequence arguments, non-tensor or non-floating features, mixed dtypes.
         ValueError: mismatched numbers of layers or weights, shapes differing from the anchor
-            of the layer, zero negatives or K varying across layers, negative weights,
-            eps < 0, features on different devices.
+            of the layer, zero negatives or K varying across layers, negative or non-finite
+            weights, eps < 0 or NaN, features on different devices.
         RuntimeError: the requested backend is unavailable for the anchors' device.
     """
     if isinstance(anchors, torch.Tensor) or not isinstance(anchors, (list, tuple)):

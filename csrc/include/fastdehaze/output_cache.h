@@ -13,14 +13,18 @@
 // block of the same rounded size is free there, else newly allocated. When the tensor's storage
 // is freed, its block goes back to the cache if the cache then holds at most
 // FASTDEHAZE_CPU_CACHE_MB megabytes (default 512; 0 disables the cache: every block is freed),
-// else it is freed. release_output_cache() frees every cached block. The storages are not
-// resizable (at::from_blob); everything else about the tensors is ordinary.
+// evicting the least recently cached blocks to make room. release_output_cache() frees every
+// cached block. The tensors are ordinary (resizable storage of the default CPU allocator's kind).
 #pragma once
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
-#include <ATen/ops/from_blob.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/Storage.h>
 
 #include <cstdint>
+#include <deque>
+#include <vector>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -46,6 +50,11 @@ class OutputCache {
       if (it != free_.end()) {
         void* p = it->second;
         free_.erase(it);
+        for (auto o = order_.begin(); o != order_.end(); ++o)
+          if (o->second == p) {
+            order_.erase(o);
+            break;
+          }
         held_ -= nbytes;
         return p;
       }
@@ -58,16 +67,34 @@ class OutputCache {
     return p;
   }
 
+  // Caches the block (evicting the least recently cached blocks to stay within the limit, so
+  // that the cache follows the sizes in current use), or frees it when it alone exceeds the limit.
   void release(void* p, size_t nbytes) {
+    std::vector<void*> evicted;
+    bool cached = false;
     {
       std::lock_guard<std::mutex> g(m_);
-      if (held_ + nbytes <= limit_) {
+      if (nbytes <= limit_) {
+        while (held_ + nbytes > limit_ && !order_.empty()) {
+          const auto [sz, q] = order_.front();
+          order_.pop_front();
+          auto range = free_.equal_range(sz);
+          for (auto it = range.first; it != range.second; ++it)
+            if (it->second == q) {
+              free_.erase(it);
+              break;
+            }
+          held_ -= sz;
+          evicted.push_back(q);
+        }
         free_.emplace(nbytes, p);
+        order_.emplace_back(nbytes, p);
         held_ += nbytes;
-        return;
+        cached = true;
       }
     }
-    std::free(p);
+    for (void* q : evicted) std::free(q);
+    if (!cached) std::free(p);
   }
 
   // Frees every cached block; returns the bytes freed.
@@ -76,6 +103,7 @@ class OutputCache {
     {
       std::lock_guard<std::mutex> g(m_);
       f.swap(free_);
+      order_.clear();
       held_ = 0;
     }
     int64_t n = 0;
@@ -95,12 +123,17 @@ class OutputCache {
     if (e && *e) {
       char* end = nullptr;
       const long long v = std::strtoll(e, &end, 10);
-      if (end && *end == '\0' && v >= 0) mb = v;
+      if (end && end != e && *end == '\0' && v >= 0)
+        mb = v;
+      else
+        TORCH_WARN("fastdehaze: FASTDEHAZE_CPU_CACHE_MB=", e,
+                   " is not a whole number of megabytes >= 0; using the default, 512");
     }
     limit_ = static_cast<size_t>(mb) << 20;
   }
   std::mutex m_;
-  std::multimap<size_t, void*> free_;  // rounded size -> block
+  std::multimap<size_t, void*> free_;         // rounded size -> block
+  std::deque<std::pair<size_t, void*>> order_;  // the cached blocks, oldest first
   size_t held_ = 0, limit_ = 0;
 };
 
@@ -116,8 +149,22 @@ inline at::Tensor cached_empty_strided(at::IntArrayRef sizes, at::IntArrayRef st
   if (nbytes < kCachedOutputMin) return at::empty_strided(sizes, strides, options);
   const size_t rounded = (static_cast<size_t>(nbytes) + OutputCache::kAlign - 1) & ~(OutputCache::kAlign - 1);
   void* p = OutputCache::get().acquire(rounded);
-  return at::from_blob(
-      p, sizes, strides, [rounded](void* q) { OutputCache::get().release(q, rounded); }, options);
+  // A resizable storage like at::empty's: a resize moves the data to the default CPU allocator
+  // and the block goes back to the cache through the deleter.
+  struct Block {
+    void* p;
+    size_t n;
+  };
+  c10::DataPtr dp(p, new Block{p, rounded},
+                  [](void* ctx) {
+                    auto* b = static_cast<Block*>(ctx);
+                    OutputCache::get().release(b->p, b->n);
+                    delete b;
+                  },
+                  at::Device(at::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(nbytes), std::move(dp),
+                       c10::GetCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, options).set_(storage, 0, sizes, strides);
 }
 
 // at::empty_like(t): the same sizes, strides (dense) and options, from the output cache when large.
