@@ -63,7 +63,8 @@ def brute_force_rank(x, patch, stride, k, measure):
 # ---- patch_brightness_rank: values ------------------------------------------------------------
 
 # (shape, patch, stride, k, measure): default non-overlapping grid, stride > patch (gaps),
-# stride < patch (overlapping: running sums in the C++ kernel), every measure, 1 and 4 channels.
+# stride < patch (overlapping: direct window sums in the C++ kernel while patch <= 4 stride,
+# running sums beyond), every measure, 1 and 4 channels.
 RANK_CASES = [
     ((2, 3, 24, 28), 8, None, 3, "luma"),
     ((2, 3, 21, 23), 5, 7, 4, "max"),
@@ -71,6 +72,8 @@ RANK_CASES = [
     ((2, 3, 17, 18), 4, 1, 6, "dark"),
     ((2, 1, 16, 20), 4, 3, 5, "luma"),
     ((1, 4, 12, 13), 3, 2, 20, "mean"),
+    ((1, 3, 23, 21), 9, 2, 12, "luma"),   # running sums
+    ((2, 3, 17, 18), 5, 1, 6, "dark"),    # running sums
 ]
 
 
@@ -193,17 +196,19 @@ def test_rank_nan_patch(backend_device, stride):
         assert set(top.tolist()) == set(got.bright_index[0, :2].cpu().tolist())
 
 
-def test_rank_inf_and_nan_with_running_sums_cpu():
-    # stride < patch: running sums must not let a NaN/inf leak into the later patches
+@pytest.mark.parametrize("patch", [4, 6])  # stride 1: direct window sums (4), running sums (6)
+def test_rank_inf_and_nan_with_overlapping_patches_cpu(patch):
+    # stride < patch: NaN/inf must reach exactly the patches that hold them (running sums must
+    # not let them leak into later patches)
     x = _img((1, 3, 14, 15), seed=8)
     x[0, :, 2, 3] = float("inf")
     x[0, 0, 9, 9] = float("-inf")
     x[0, 1, 12, 1] = float("nan")
     x[0, :, 5, 12] = float("inf")
     x[0, 2, 5, 13] = float("-inf")  # inf and -inf in one patch: NaN
-    n = (14 - 4 + 1) * (15 - 4 + 1)
-    assert_rank_equal(F.patch_brightness_rank(x, 4, 1, n, "luma", backend="cpu"),
-                      R.patch_brightness_rank(x, 4, 1, n, "luma"))
+    n = (14 - patch + 1) * (15 - patch + 1)
+    assert_rank_equal(F.patch_brightness_rank(x, patch, 1, n, "luma", backend="cpu"),
+                      R.patch_brightness_rank(x, patch, 1, n, "luma"))
 
 
 def test_rank_dark_and_max_measures_propagate_nan_cpu():

@@ -4,12 +4,13 @@
 // its chunk once (all channels), folds the channels into a brightness row, reduces it to one
 // sum per patch column and adds those into the patch sums of its patch rows. Everything is
 // accumulated in double:
-//  * stride >= patch (non-overlapping patches, the default): each row belongs to at most one
-//    patch row and each pixel to at most one patch column: direct sums;
-//  * stride < patch: running sums (a row prefix sum, and per patch column a running sum over
+//  * stride >= patch (non-overlapping patches, the default), and patch <= 4 stride: direct
+//    sums (each window of a row summed, then added to each of the at most ceil(patch / stride)
+//    patch rows that hold the row, rows in order);
+//  * patch > 4 stride: running sums (a row prefix sum, and per patch column a running sum over
 //    rows snapshotted where a patch row starts and ends), O(1) per pixel whatever the overlap.
-//    Chunks span a fixed number of patch rows (not a function of the thread count), so the
-//    result does not depend on the number of threads.
+//  With overlap, chunks span a fixed number of patch rows (not a function of the thread
+//  count), so the result does not depend on the number of threads.
 // The sums become means in the score dtype (float64 for float64 x, else float32) and each image
 // is ranked by a partial sort under patch_math::precedes, the strict total order of
 // torch.sort(stable=True), so the selection equals the reference's.
@@ -73,16 +74,22 @@ template <typename scalar_t, int measure>
 void patch_sums(const scalar_t* x, double* sums, int64_t B, int64_t C, int64_t H, int64_t W, int64_t p, int64_t s,
                 int64_t nH, int64_t nW) {
   using op_t = opmath_t<scalar_t>;
-  const bool running = s < p;
+  // Overlapping patches (s < p): a row belongs to up to ceil(p / s) patch rows. With few of
+  // them (p <= 4 s) each row's window sums are computed directly (p adds per window, IEEE NaN/inf
+  // for free) and added to every patch row that holds the row; with many, running sums (O(1) per
+  // window, exact about NaN/inf through RunSum).
+  const bool overlap = s < p;
+  const bool running = overlap && p > 4 * s;
   const int64_t used_w = (nW - 1) * s + p;  // columns that belong to some patch
   // Patch rows per task: one when patches do not overlap; otherwise enough that the rows read
   // twice at chunk borders (p - s of them) are a small fraction of the chunk.
-  const int64_t chunk = running ? std::max<int64_t>(1, (4 * p + s - 1) / s) : 1;
+  const int64_t chunk = overlap ? std::max<int64_t>(1, (4 * p + s - 1) / s) : 1;
   const int64_t nchunk = (nH + chunk - 1) / chunk;
   const int64_t HW = H * W;
   at::parallel_for(0, B * nchunk, 1, [&](int64_t begin, int64_t end) {
     std::vector<op_t> bright(used_w);
-    std::vector<RunSum> pre(used_w + 1), cum(nW), start;
+    std::vector<RunSum> pre(running ? used_w + 1 : 0), cum(running ? nW : 0), start;
+    std::vector<double> rs(running ? 0 : nW);  // window sums of one row
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nchunk, i0 = (task % nchunk) * chunk, i1 = std::min(nH, i0 + chunk);
       double* S = sums + b * nH * nW;
@@ -94,7 +101,7 @@ void patch_sums(const scalar_t* x, double* sums, int64_t B, int64_t C, int64_t H
       for (int64_t i = i0; i < i1; ++i) std::fill(S + i * nW, S + (i + 1) * nW, 0.0);
       for (int64_t y = y_begin; y < y_end; ++y) {
         // Rows in the gaps between patch rows (stride > patch) are not read.
-        if (!running && (y - y_begin) % s >= p) continue;
+        if (!overlap && (y - y_begin) % s >= p) continue;
         // Brightness of the row, channel by channel (each channel row is contiguous).
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* row = x + (b * C + c) * HW + y * W;
@@ -108,17 +115,23 @@ void patch_sums(const scalar_t* x, double* sums, int64_t B, int64_t C, int64_t H
         if (measure == pm::kMean)
           for (int64_t xx = 0; xx < used_w; ++xx) bright[xx] = pm::measure_finish(bright[xx], C, measure);
         if (!running) {
-          double* Si = S + ((y - y_begin) / s + i0) * nW;
           for (int64_t j = 0; j < nW; ++j) {
-            // Four interleaved double sums (fixed order): one chain of p dependent adds per patch
-            // row bounded the whole op by add latency.
+            // Four interleaved double sums (fixed order): one chain of p dependent adds per window
+            // bounded the whole op by add latency.
             const op_t* br = bright.data() + j * s;
             double a[4] = {0.0, 0.0, 0.0, 0.0};
             int64_t xx = 0;
             for (; xx + 4 <= p; xx += 4)
               for (int q = 0; q < 4; ++q) a[q] += static_cast<double>(br[xx + q]);
             for (; xx < p; ++xx) a[0] += static_cast<double>(br[xx]);
-            Si[j] += (a[0] + a[1]) + (a[2] + a[3]);
+            rs[j] = (a[0] + a[1]) + (a[2] + a[3]);
+          }
+          // the patch rows i of this task that hold row y: i s <= y < i s + p (rows added in order)
+          const int64_t lo = y - p + 1 <= 0 ? 0 : (y - p + 1 + s - 1) / s;
+          const int64_t ilo = std::max(i0, lo), ihi = std::min(i1 - 1, y / s);
+          for (int64_t i = ilo; i <= ihi; ++i) {
+            double* Si = S + i * nW;
+            for (int64_t j = 0; j < nW; ++j) Si[j] += rs[j];
           }
           continue;
         }
