@@ -16,19 +16,18 @@
 // evicting the least recently cached blocks to make room. release_output_cache() frees every
 // cached block. The tensors are ordinary (resizable storage of the default CPU allocator's kind).
 #pragma once
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
-#include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/Storage.h>
 
 #include <cstdint>
-#include <deque>
-#include <vector>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
-#include <string>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
