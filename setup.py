@@ -119,10 +119,11 @@ setup(
     description="Fused CPU/CUDA/Triton kernels for single-image dehazing (ASM, dark channel prior, contrastive and depth losses)",
     packages=find_packages(include=["fastdehaze", "fastdehaze.*"]) + ["fastdehaze.kernels"],
     package_dir={"fastdehaze.kernels": "kernels"},
+    package_data={"fastdehaze": ["models/*.safetensors"]},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     python_requires=">=3.10",
-    install_requires=["torch>=2.11,<2.15", "numpy", "pillow", "tqdm"],
+    install_requires=["torch>=2.11,<2.15", "numpy", "pillow", "tqdm", "safetensors"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "scikit-image", "opencv-python-headless"],
         "triton": ["triton"],
