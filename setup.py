@@ -96,7 +96,7 @@ def _extensions():
             exts.append(CUDAExtension(
                 f"fastdehaze._cuda_{fam}", [cu, reg], include_dirs=cuda_inc,
                 extra_compile_args={"cxx": ["-O3", "-std=c++20", "-fvisibility=hidden"],
-                                    "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]}))
+                                    "nvcc": ["-O3", "-std=c++17", "-fmad=true", "-lineinfo"]}))
     return exts
 
 

@@ -45,12 +45,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recover_backward_cuda(const at::T
   auto gt = needs_t ? at::empty_like(tc, at::MemoryFormat::Contiguous) : at::empty({0}, t.options());
   auto gA = needs_A ? at::zeros({B, C}, A.options()) : at::empty({0}, A.options());
   if (Ic.numel() == 0 || !(needs_I || needs_t || needs_A)) return {gI, gt, gA};
+  auto work = at::empty({asm_work_elems(B, C, HW, needs_A ? 1 : 0)}, A.options());
   auto stream = c10::cuda::getCurrentCUDAStream(I.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "recover_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     recover_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(Ic), ptr<const T>(tc), ptr<const opmath<T>>(Ac),
                                     ptr<const opmath<T>>(t0c), ptr<T>(gI), ptr<T>(gt), ptr<opmath<T>>(gA), B, C, HW,
-                                    tc.size(1), lo, hi, clamp, stream);
+                                    tc.size(1), lo, hi, clamp, ptr<opmath<T>>(work), stream);
   });
   check_launch("recover_backward");
   return {gI, gt, gA};
@@ -104,12 +105,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> synthesize_haze_backward_cuda(con
     if (needs_t) gt.zero_();
     return {gJ, gt, gA};
   }
+  auto work = at::empty({asm_work_elems(B, C, HW, needs_A ? 1 : 0)}, A.options());
   auto stream = c10::cuda::getCurrentCUDAStream(J.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     synthesize_haze_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(Jc), ptr<const T>(tc),
                                             ptr<const opmath<T>>(Ac), ptr<T>(gJ), ptr<T>(gt), ptr<opmath<T>>(gA), B, C,
-                                            HW, tc.size(1), stream);
+                                            HW, tc.size(1), ptr<opmath<T>>(work), stream);
   });
   check_launch("synthesize_haze_backward");
   return {gJ, gt, gA};
@@ -150,13 +152,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> synthesize_haze_depth
     if (needs_depth) gd.zero_();
     return {gJ, gd, gA, gb};
   }
+  auto work = at::empty({asm_work_elems(B, C, HW, (needs_A || needs_beta) ? 2 : 0)}, A.options());
   auto stream = c10::cuda::getCurrentCUDAStream(J.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "synthesize_haze_depth_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     synthesize_haze_depth_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(Jc), ptr<const T>(dc),
                                                   ptr<const opmath<T>>(Ac), ptr<const opmath<T>>(bc), ptr<T>(gJ),
                                                   ptr<T>(gd), ptr<opmath<T>>(gA), ptr<opmath<T>>(gb), B, C, HW,
-                                                  dc.size(1), stream);
+                                                  dc.size(1), ptr<opmath<T>>(work), stream);
   });
   check_launch("synthesize_haze_depth_backward");
   return {gJ, gd, gA, gb};
@@ -199,11 +202,12 @@ std::tuple<at::Tensor, at::Tensor> transmission_from_depth_backward_cuda(const a
     if (needs_depth) gd.zero_();
     return {gd, gb};
   }
+  auto work = at::empty({asm_work_elems(B, C, HW, needs_beta ? 1 : 0)}, beta.options());
   auto stream = c10::cuda::getCurrentCUDAStream(depth.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, depth.scalar_type(), "transmission_from_depth_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     transmission_from_depth_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(dc), ptr<const opmath<T>>(bc),
-                                                    ptr<T>(gd), ptr<opmath<T>>(gb), B, C, HW, dc.size(1), stream);
+                                                    ptr<T>(gd), ptr<opmath<T>>(gb), B, C, HW, dc.size(1), ptr<opmath<T>>(work), stream);
   });
   check_launch("transmission_from_depth_backward");
   return {gd, gb};
@@ -238,11 +242,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recompose_k_backward_cuda(const a
     if (needs_K) gK.zero_();
     return {gI, gK, gb};
   }
+  auto work = at::empty({asm_work_elems(B, C, HW, needs_b ? 1 : 0)}, bias.options());
   auto stream = c10::cuda::getCurrentCUDAStream(I.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "recompose_k_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     recompose_k_backward_cuda_launch<T>(ptr<const T>(gc), ptr<const T>(Ic), ptr<const T>(Kc), ptr<T>(gI), ptr<T>(gK),
-                                        ptr<opmath<T>>(gb), B, C, HW, Kc.size(1), stream);
+                                        ptr<opmath<T>>(gb), B, C, HW, Kc.size(1), ptr<opmath<T>>(work), stream);
   });
   check_launch("recompose_k_backward");
   return {gI, gK, gb};

@@ -25,12 +25,13 @@ struct ContrastiveTable {
   int L, K;
 };
 
-// Adds sum |a - p| and sum |a - n_k| of every layer of the table into sums[l * (1 + K) + q]
-// (double, zero-filled by the caller), then writes dists[l * (1 + K) + q] = sums / N (compute
+// Writes sum |a - p| and sum |a - n_k| of every layer of the table to sums[l * (1 + K) + q]
+// (double; two passes through work, block0[L] * (1 + K) doubles: deterministic), then writes dists[l * (1 + K) + q] = sums / N (compute
 // type) and term[l] = lambda_l ratio_l (compute type). sums, dists, term, lw point at the
 // table's first layer. In ablation mode only column 0 is summed; the others are set to 0.
 template <typename T>
-void contrastive_forward_cuda_launch(const ContrastiveTable<T>& tab, double* sums, opmath<T>* dists, opmath<T>* term,
+void contrastive_forward_cuda_launch(const ContrastiveTable<T>& tab, double* sums, double* work, opmath<T>* dists,
+                                     opmath<T>* term,
                                      const opmath<T>* lw, const opmath<T>* w, double eps, bool ablation,
                                      cudaStream_t stream);
 

@@ -98,6 +98,11 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
               ": layer_weights must be [L] of the compute dtype");
   const int64_t Q = 1 + s.K;
   auto sums = at::zeros({s.L, Q}, w.options().dtype(at::kDouble));
+  // per-block partial sums of the two-pass (deterministic) reduction; tables run in stream order
+  // and share it, so it holds the blocks of all layers (an upper bound for any one table)
+  int64_t nblk_all = 0;
+  for (const auto& a : s.a) nblk_all += (a.numel() + contrastive_block_elems() - 1) / contrastive_block_elems();
+  auto work = at::empty({std::max<int64_t>(nblk_all, 1) * Q}, w.options().dtype(at::kDouble));
   auto dists = at::empty({s.L, Q}, w.options());
   auto term = at::empty({s.L}, w.options());
   auto lwc = lw.contiguous(), wc = w.contiguous();
@@ -108,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, at::TensorList a
     TORCH_CHECK(w.scalar_type() == (sizeof(op_t) == 8 ? at::kDouble : at::kFloat), "fastdehaze::", op,
                 ": weights have the wrong compute dtype");
     for_each_table<T>(s, nullptr, [&](const ContrastiveTable<T>& tab, int64_t l0) {
-      contrastive_forward_cuda_launch<T>(tab, ptr<double>(sums) + l0 * Q, ptr<op_t>(dists) + l0 * Q,
+      contrastive_forward_cuda_launch<T>(tab, ptr<double>(sums) + l0 * Q, ptr<double>(work), ptr<op_t>(dists) + l0 * Q,
                                          ptr<op_t>(term) + l0, ptr<const op_t>(lwc) + l0, ptr<const op_t>(wc), eps,
                                          ablation, stream);
       check_launch(op);

@@ -3,15 +3,18 @@
 // thread per line: first along the rows (the channel extremum formed on the way), then down the
 // columns (coalesced); (value, position) pairs when the backward needs the winners.
 // atmospheric_light: one block per image, radix select on order keys (8-bit digits, shared
-// histogram), then an index-ordered pass with a block scan for the ties.
+// histogram), then an index-ordered pass with a block scan for the ties and a fixed-order sum
+// (deterministic). Launch plans: fastdehaze/grid.h (every grid 1-D, any B, H, W).
+// Backward: a gather, not a scatter (col_adjoint_kernel, row_adjoint_kernel: each gradient
+// element is one thread's sum over the window in a fixed order; deterministic, no atomics).
 #include "dcp.cuh"
 #include "fastdehaze/dcp_math.h"
+#include "fastdehaze/grid.h"
 
 namespace fastdehaze {
 namespace {
 
 namespace dm = dcp_math;
-constexpr int kThreads = 128;
 
 template <typename M, bool IS_MAX>
 __device__ __forceinline__ M ident() {
@@ -59,39 +62,39 @@ __device__ void run_line(const M* vals, int64_t base, int64_t stride, int64_t n,
 }
 
 template <typename T, bool IS_MAX, bool ARG>
-__global__ void rows_kernel(const T* __restrict__ I, const opmath<T>* __restrict__ A, opmath<T>* pre, int32_t* chan,
+__global__ void rows_kernel(grid::Plan pl, const T* __restrict__ I, const opmath<T>* __restrict__ A, opmath<T>* pre, int32_t* chan,
                             opmath<T>* hv, int32_t* ha, opmath<T>* rows, int32_t* rows_a, int64_t B, int64_t C,
                             int64_t H, int64_t W, int64_t r) {
   using M = opmath<T>;
-  const int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (lane >= B * H) return;
-  const int64_t b = lane / H, y = lane % H, HW = H * W;
-  const T* Ib = I + b * C * HW + y * W;
-  for (int64_t x = 0; x < W; ++x) {
-    M v = load(Ib + x);
-    if (A) v *= dm::safe_inv_A(A[b * C]);
-    int32_t bc = 0;
-    for (int64_t c = 1; c < C; ++c) {
-      M vc = load(Ib + c * HW + x);
-      if (A) vc *= dm::safe_inv_A(A[b * C + c]);
-      if (dm::better<IS_MAX>(vc, v)) {
-        v = vc;
-        bc = static_cast<int32_t>(c);
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const int64_t b = q.o, y = q.i * blockDim.x + threadIdx.x, HW = H * W;
+    if (y >= H) continue;
+    const int64_t lane = b * H + y;
+    const T* Ib = I + b * C * HW + y * W;
+    for (int64_t x = 0; x < W; ++x) {
+      M v = load(Ib + x);
+      if (A) v *= dm::safe_inv_A(A[b * C]);
+      int32_t bc = 0;
+      for (int64_t c = 1; c < C; ++c) {
+        M vc = load(Ib + c * HW + x);
+        if (A) vc *= dm::safe_inv_A(A[b * C + c]);
+        if (dm::better<IS_MAX>(vc, v)) {
+          v = vc;
+          bc = static_cast<int32_t>(c);
+        }
       }
+      pre[lane * W + x] = v;
+      if (ARG) chan[lane * W + x] = bc;
     }
-    pre[lane * W + x] = v;
-    if (ARG) chan[lane * W + x] = bc;
+    run_line<M, IS_MAX, ARG>(pre, lane * W, 1, W, r, hv, ha, lane * W, rows, rows_a, lane * W, M(0), false);
   }
-  run_line<M, IS_MAX, ARG>(pre, lane * W, 1, W, r, hv, ha, lane * W, rows, rows_a, lane * W, M(0), false);
 }
 
 // Column pass: the same algorithm with the h scratch laid out like the image (coalesced across lanes).
 template <typename M, bool IS_MAX, bool ARG>
-__global__ void cols_kernel_strided(const M* rows, M* hv, int32_t* ha, M* out, int32_t* cols_a, int64_t B, int64_t H,
-                                    int64_t W, int64_t r, M omega, bool post) {
-  const int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (lane >= B * W) return;
-  const int64_t base = (lane / W) * H * W + lane % W;
+__device__ __forceinline__ void cols_line(const M* rows, M* hv, int32_t* ha, M* out, int32_t* cols_a, int64_t base,
+                                          int64_t H, int64_t W, int64_t r, M omega, bool post) {
   const int64_t w = 2 * r + 1;
   M h = ident<M, IS_MAX>();
   int32_t hpos = 0;
@@ -126,28 +129,71 @@ __global__ void cols_kernel_strided(const M* rows, M* hv, int32_t* ha, M* out, i
   }
 }
 
-template <typename T>
-__global__ void cast_kernel(const opmath<T>* src, T* dst, int64_t n) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) store(dst + i, src[i]);
+template <typename M, bool IS_MAX, bool ARG>
+__global__ void cols_kernel_strided(grid::Plan pl, const M* rows, M* hv, int32_t* ha, M* out, int32_t* cols_a, int64_t B, int64_t H,
+                                    int64_t W, int64_t r, M omega, bool post) {
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const int64_t x = q.i * blockDim.x + threadIdx.x;
+    if (x >= W) continue;
+    cols_line<M, IS_MAX, ARG>(rows, hv, ha, out, cols_a, q.o * H * W + x, H, W, r, omega, post);
+  }
 }
 
 template <typename T>
-__global__ void scatter_kernel(const T* grad, const int32_t* rows_a, const int32_t* cols_a, const int32_t* chan,
-                               opmath<T>* acc, int64_t B, int64_t C, int64_t H, int64_t W) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__global__ void cast_kernel(grid::Plan pl, const opmath<T>* src, T* dst, int64_t n) {
+  for (FD_UNITS(pl, u)) {
+    const int64_t i = u * blockDim.x + threadIdx.x;
+    if (i < n) store(dst + i, src[i]);
+  }
+}
+
+template <typename T>
+struct GradAt {
+  const T* g;
+  __device__ __forceinline__ opmath<T> operator()(int64_t i) const { return load(g + i); }
+};
+
+// Backward, pass 1 (column adjoint, dcp_math::col_adjoint): g1[b, ys, x] (compute type).
+template <typename T>
+__global__ void col_adjoint_kernel(grid::Plan pl, const T* __restrict__ grad, const int32_t* __restrict__ cols_a,
+                                   opmath<T>* __restrict__ g1, int64_t H, int64_t W, int64_t r) {
   const int64_t HW = H * W;
-  if (i >= B * HW) return;
-  const int64_t b = i / HW, x = (i % HW) % W;
-  const int64_t ys = cols_a[i];
-  const int64_t xs = rows_a[b * HW + ys * W + x];
-  const int64_t cs = chan[b * HW + ys * W + xs];
-  atomicAdd(acc + (b * C + cs) * HW + ys * W + xs, load(grad + i));
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);  // q.o = image
+    const int64_t i = q.i * blockDim.x + threadIdx.x;
+    if (i >= HW) continue;
+    const int64_t off = q.o * HW;
+    g1[off + i] = dm::col_adjoint<opmath<T>>(GradAt<T>{grad + off}, cols_a + off, i / W, i % W, H, W, r);
+  }
 }
 
+// Pass 2 (row adjoint, dcp_math::row_adjoint) and the channel: gI[b, c, ys, xs] (all channels written).
 template <typename T>
-__global__ void atmo_kernel(const T* __restrict__ I, const T* __restrict__ dark, opmath<T>* A, int64_t C, int64_t HW,
-                            int64_t k) {
+__global__ void row_adjoint_kernel(grid::Plan pl, const opmath<T>* __restrict__ g1, const int32_t* __restrict__ rows_a,
+                                   const int32_t* __restrict__ chan, T* __restrict__ gI, int64_t C, int64_t H,
+                                   int64_t W, int64_t r) {
+  using M = opmath<T>;
+  const int64_t HW = H * W;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const int64_t i = q.i * blockDim.x + threadIdx.x;
+    if (i >= HW) continue;
+    const int64_t off = q.o * HW, ys = i / W, xs = i % W;
+    const M v = dm::row_adjoint<M>(g1 + off + ys * W, rows_a + off + ys * W, xs, W, r);
+    const int32_t cs = chan[off + i];
+    for (int64_t c = 0; c < C; ++c) store(gI + (q.o * C + c) * HW + i, c == cs ? v : M(0));
+  }
+}
+
+// One block per image (plan grid::dcp_atmo). The sum of the k selected pixels per channel is
+// deterministic: each thread adds its own picks in index order (registers, kAtmoCh channels
+// per pass over the image), then the fixed-shape block tree of block_sum.
+constexpr int kAtmoCh = 4;
+
+template <typename T>
+__global__ void atmo_kernel(grid::Plan pl, const T* __restrict__ I, const T* __restrict__ dark, opmath<T>* A, int64_t C,
+                            int64_t HW, int64_t k) {
   using M = opmath<T>;
   using K = typename dm::KeyOf<M>::type;
   __shared__ unsigned int hist[256];
@@ -155,69 +201,81 @@ __global__ void atmo_kernel(const T* __restrict__ I, const T* __restrict__ dark,
   __shared__ long long s_kk;
   __shared__ int warp_cnt[32];
   __shared__ long long s_base;
-  const int64_t b = blockIdx.x;
-  const T* d = dark + b * HW;
-  K prefix = 0, mask = 0;
-  long long kk = k;
-  for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-      const K key = dm::order_key(static_cast<M>(load(d + i)));
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFF], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      long long cum = 0;
-      int dg = 255;
-      for (; dg > 0; --dg) {
-        if (cum + hist[dg] >= kk) break;
-        cum += hist[dg];
+  for (FD_UNITS(pl, b)) {
+    __syncthreads();  // shared state of the previous image
+    const T* d = dark + b * HW;
+    K prefix = 0, mask = 0;
+    long long kk = k;
+    for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
+      for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+      __syncthreads();
+      for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
+        const K key = dm::order_key(static_cast<M>(load(d + i)));
+        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFF], 1u);  // integer: exact
       }
-      s_kk = kk - cum;
-      s_prefix = prefix | (static_cast<K>(dg) << shift);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        long long cum = 0;
+        int dg = 255;
+        for (; dg > 0; --dg) {
+          if (cum + hist[dg] >= kk) break;
+          cum += hist[dg];
+        }
+        s_kk = kk - cum;
+        s_prefix = prefix | (static_cast<K>(dg) << shift);
+      }
+      __syncthreads();
+      prefix = s_prefix;
+      kk = s_kk;
+      mask |= static_cast<K>(0xFF) << shift;
+      __syncthreads();
     }
-    __syncthreads();
-    prefix = s_prefix;
-    kk = s_kk;
-    mask |= static_cast<K>(0xFF) << shift;
-    __syncthreads();
+    const K thr = prefix;
+    const long long need = kk;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    for (int64_t c0 = 0; c0 < C; c0 += kAtmoCh) {
+      M acc[kAtmoCh];
+#pragma unroll
+      for (int j = 0; j < kAtmoCh; ++j) acc[j] = M(0);
+      if (threadIdx.x == 0) s_base = 0;
+      __syncthreads();
+      for (int64_t start = 0; start < HW; start += blockDim.x) {
+        const int64_t i = start + threadIdx.x;
+        K key = 0;
+        bool eq = false;
+        if (i < HW) {
+          key = dm::order_key(static_cast<M>(load(d + i)));
+          eq = key == thr;
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, eq);
+        if (lane == 0) warp_cnt[warp] = __popc(bal);
+        __syncthreads();
+        long long before = s_base;
+        for (int wi = 0; wi < warp; ++wi) before += warp_cnt[wi];
+        before += __popc(bal & ((1u << lane) - 1u));
+        const bool take = i < HW && (key > thr || (eq && before < need));
+        if (take) {
+#pragma unroll
+          for (int j = 0; j < kAtmoCh; ++j)
+            if (c0 + j < C) acc[j] += static_cast<M>(load(I + (b * C + c0 + j) * HW + i));
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          long long tot = 0;
+          for (int wi = 0; wi < nw; ++wi) tot += warp_cnt[wi];
+          s_base += tot;
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int j = 0; j < kAtmoCh; ++j) {
+        const M sj = block_sum(acc[j]);
+        if (threadIdx.x == 0 && c0 + j < C) A[b * C + c0 + j] = sj / static_cast<M>(k);
+      }
+    }
   }
-  const K thr = prefix;
-  const long long need = kk;
-  if (threadIdx.x == 0) s_base = 0;
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  for (int64_t start = 0; start < HW; start += blockDim.x) {
-    const int64_t i = start + threadIdx.x;
-    K key = 0;
-    bool eq = false;
-    if (i < HW) {
-      key = dm::order_key(static_cast<M>(load(d + i)));
-      eq = key == thr;
-    }
-    const unsigned bal = __ballot_sync(0xffffffffu, eq);
-    if (lane == 0) warp_cnt[warp] = __popc(bal);
-    __syncthreads();
-    long long before = s_base;
-    for (int wi = 0; wi < warp; ++wi) before += warp_cnt[wi];
-    before += __popc(bal & ((1u << lane) - 1u));
-    const bool take = i < HW && (key > thr || (eq && before < need));
-    if (take)
-      for (int64_t c = 0; c < C; ++c) atomicAdd(A + b * C + c, static_cast<M>(load(I + (b * C + c) * HW + i)));
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      long long tot = 0;
-      for (int wi = 0; wi < nw; ++wi) tot += warp_cnt[wi];
-      s_base += tot;
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0)
-    for (int64_t c = 0; c < C; ++c) A[b * C + c] /= static_cast<M>(k);
 }
 
-unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 }  // namespace
 
@@ -234,34 +292,41 @@ void channel_window_cuda_launch(const T* I, const opmath<T>* A, double omega, bo
   const bool post = A != nullptr;
   // the column pass writes compute-type values into `pre` (free by then), cast afterwards when out is T
   M* col_out = out_is_T ? pre : static_cast<M*>(out);
+  const grid::Plan prow = grid::dcp_rows(B, H), pcol = grid::dcp_cols(B, W);
 #define FD_LINES(MX, AR)                                                                                          \
-  rows_kernel<T, MX, AR><<<blocks_for(B * H, kThreads), kThreads, 0, stream>>>(I, A, pre, chan, hv, ha, rows,     \
-                                                                               rows_a, B, C, H, W, r);            \
-  cols_kernel_strided<M, MX, AR><<<blocks_for(B * W, kThreads), kThreads, 0, stream>>>(rows, hv, ha, col_out,    \
-                                                                                       cols_a, B, H, W, r, om, post);
+  rows_kernel<T, MX, AR><<<FD_GRID(prow), FD_BLOCK(prow), 0, stream>>>(prow, I, A, pre, chan, hv, ha, rows, rows_a, \
+                                                                       B, C, H, W, r);                            \
+  cols_kernel_strided<M, MX, AR><<<FD_GRID(pcol), FD_BLOCK(pcol), 0, stream>>>(pcol, rows, hv, ha, col_out, cols_a, \
+                                                                               B, H, W, r, om, post);
   if (is_max) {
     if (arg) { FD_LINES(true, true) } else { FD_LINES(true, false) }
   } else {
     if (arg) { FD_LINES(false, true) } else { FD_LINES(false, false) }
   }
 #undef FD_LINES
-  if (out_is_T) cast_kernel<T><<<blocks_for(B * H * W, 256), 256, 0, stream>>>(pre, static_cast<T*>(out), B * H * W);
+  if (out_is_T) {
+    const grid::Plan pc = grid::flat(B * H * W);
+    cast_kernel<T><<<FD_GRID(pc), FD_BLOCK(pc), 0, stream>>>(pc, pre, static_cast<T*>(out), B * H * W);
+  }
 }
 
 template <typename T>
 void channel_scatter_cuda_launch(const T* grad, const int32_t* rows_a, const int32_t* cols_a, const int32_t* chan,
-                                 opmath<T>* acc, T* gI, int64_t B, int64_t C, int64_t H, int64_t W,
+                                 opmath<T>* acc, T* gI, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                                  cudaStream_t stream) {
   if (B == 0 || H == 0 || W == 0) return;
-  scatter_kernel<T><<<blocks_for(B * H * W, 256), 256, 0, stream>>>(grad, rows_a, cols_a, chan, acc, B, C, H, W);
-  cast_kernel<T><<<blocks_for(B * C * H * W, 256), 256, 0, stream>>>(acc, gI, B * C * H * W);
+  const int64_t r = patch / 2;
+  const grid::Plan pp = grid::plane_pixels(B, H * W);
+  col_adjoint_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, grad, cols_a, acc, H, W, r);
+  row_adjoint_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, acc, rows_a, chan, gI, C, H, W, r);
 }
 
 template <typename T>
 void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int64_t B, int64_t C, int64_t HW,
                                    int64_t k, cudaStream_t stream) {
   if (B == 0 || HW == 0) return;
-  atmo_kernel<T><<<static_cast<unsigned>(B), 1024, 0, stream>>>(I, dark, A, C, HW, k < HW ? k : HW);
+  const grid::Plan pl = grid::dcp_atmo(B);
+  atmo_kernel<T><<<FD_GRID(pl), FD_BLOCK(pl), 0, stream>>>(pl, I, dark, A, C, HW, k < HW ? k : HW);
 }
 
 #define FD_INSTANTIATE(T)                                                                                            \
@@ -269,7 +334,7 @@ void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int6
                                               int64_t, int64_t, opmath<T>*, opmath<T>*, opmath<T>*, int32_t*,        \
                                               int32_t*, int32_t*, int32_t*, void*, bool, cudaStream_t);              \
   template void channel_scatter_cuda_launch<T>(const T*, const int32_t*, const int32_t*, const int32_t*, opmath<T>*, \
-                                               T*, int64_t, int64_t, int64_t, int64_t, cudaStream_t);                \
+                                               T*, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);       \
   template void atmospheric_light_cuda_launch<T>(const T*, const T*, opmath<T>*, int64_t, int64_t, int64_t, int64_t, \
                                                  cudaStream_t);
 FD_INSTANTIATE(float)

@@ -17,11 +17,12 @@ void channel_window_cuda_launch(const T* I, const opmath<T>* A, double omega, bo
                                 int32_t* ha, int32_t* rows_a, int32_t* cols_a, int32_t* chan, void* out, bool out_is_T,
                                 cudaStream_t stream);
 
-// grad [B,1,H,W] of T scattered to acc [B,C,H,W] (compute type, zero-filled) by the winners,
-// then converted to gI [B,C,H,W] of T.
+// gI [B,C,H,W] of T = the adjoint of the window extremum for the saved winners (a gather:
+// dcp_math::col_adjoint into acc [B,H,W] (compute type, scratch), then dcp_math::row_adjoint;
+// deterministic). patch: the forward's window size.
 template <typename T>
 void channel_scatter_cuda_launch(const T* grad, const int32_t* rows_a, const int32_t* cols_a, const int32_t* chan,
-                                 opmath<T>* acc, T* gI, int64_t B, int64_t C, int64_t H, int64_t W,
+                                 opmath<T>* acc, T* gI, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                                  cudaStream_t stream);
 
 // A [B,C] (compute type) = mean of I over the k largest dark values (stable ties, NaN largest):

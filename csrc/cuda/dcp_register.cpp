@@ -63,7 +63,7 @@ at::Tensor window_backward_cuda(const at::Tensor& grad, const at::Tensor& I, int
   auto pre = at::empty({n}, opt), rows = at::empty({n}, opt), hv = at::empty({n}, opt), vals = at::empty({n}, opt);
   auto ha = at::empty({n}, iopt), rows_a = at::empty({n}, iopt), cols_a = at::empty({n}, iopt),
        chan = at::empty({n}, iopt);
-  auto acc = at::zeros({B * C * H * W}, opt);
+  auto acc = at::empty({n}, opt);  // column-adjoint scratch of the gather backward
   auto stream = c10::cuda::getCurrentCUDAStream(I.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "dcp_window_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -71,7 +71,8 @@ at::Tensor window_backward_cuda(const at::Tensor& grad, const at::Tensor& I, int
                                   ptr<opmath<T>>(rows), ptr<opmath<T>>(hv), ptr<int32_t>(ha), ptr<int32_t>(rows_a),
                                   ptr<int32_t>(cols_a), ptr<int32_t>(chan), vals.data_ptr(), false, stream);
     channel_scatter_cuda_launch<T>(ptr<const T>(gc), ptr<const int32_t>(rows_a), ptr<const int32_t>(cols_a),
-                                   ptr<const int32_t>(chan), ptr<opmath<T>>(acc), ptr<T>(gI), B, C, H, W, stream);
+                                   ptr<const int32_t>(chan), ptr<opmath<T>>(acc), ptr<T>(gI), B, C, H, W, patch,
+                                   stream);
   });
   check_launch(op);
   return gI;

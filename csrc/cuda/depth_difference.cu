@@ -8,6 +8,7 @@
 // Per-element math (exp, merge, loss terms): csrc/include/fastdehaze/depth_difference_math.h.
 #include "depth_difference.cuh"
 #include "fastdehaze/depth_difference_math.h"
+#include "fastdehaze/grid.h"
 
 namespace fastdehaze {
 namespace {
@@ -45,40 +46,46 @@ __device__ __forceinline__ void block_merge(op_t& m, op_t& s) {
 
 // Pairs (max, sum exp) of each chunk of kChunk values of x = a - c (c may be null).
 template <typename T>
-__global__ void lse_partial_kernel(const T* __restrict__ a, const T* __restrict__ c, int64_t N, opmath<T>* pm,
+__global__ void lse_partial_kernel(grid::Plan pl, const T* __restrict__ a, const T* __restrict__ c, int64_t N, opmath<T>* pm,
                                    opmath<T>* ps) {
   using op_t = opmath<T>;
-  const int64_t b = blockIdx.y, k = blockIdx.x;
-  const int64_t i0 = k * kChunk, i1 = i0 + kChunk < N ? i0 + kChunk : N;
-  op_t m = dm::neg_inf<op_t>(), s = op_t(0);
-  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-    op_t x = load(a + b * N + i);
-    if (c) x -= load(c + b * N + i);
-    dm::merge(m, s, x, op_t(1));
-  }
-  block_merge(m, s);
-  if (threadIdx.x == 0) {
-    pm[b * gridDim.x + k] = m;
-    ps[b * gridDim.x + k] = s;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, k = un.i;
+    const int64_t i0 = k * kChunk, i1 = i0 + kChunk < N ? i0 + kChunk : N;
+    op_t m = dm::neg_inf<op_t>(), s = op_t(0);
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+      op_t x = load(a + b * N + i);
+      if (c) x -= load(c + b * N + i);
+      dm::merge(m, s, x, op_t(1));
+    }
+    block_merge(m, s);
+    if (threadIdx.x == 0) {
+      pm[u] = m;
+      ps[u] = s;
+    }
   }
 }
 
 template <typename op_t>
-__global__ void lse_combine_kernel(const op_t* pm, const op_t* ps, int64_t nchunk, op_t* lse, int64_t stride) {
-  const int64_t b = blockIdx.x;
-  op_t m = dm::neg_inf<op_t>(), s = op_t(0);
-  for (int64_t k = threadIdx.x; k < nchunk; k += blockDim.x) dm::merge(m, s, pm[b * nchunk + k], ps[b * nchunk + k]);
-  block_merge(m, s);
-  if (threadIdx.x == 0) lse[b * stride] = dm::finalize_lse(m, s);
+__global__ void lse_combine_kernel(grid::Plan pl, const op_t* pm, const op_t* ps, int64_t nchunk, op_t* lse, int64_t stride) {
+  for (FD_UNITS(pl, u)) {
+    const int64_t b = u;
+    op_t m = dm::neg_inf<op_t>(), s = op_t(0);
+    for (int64_t k = threadIdx.x; k < nchunk; k += blockDim.x) dm::merge(m, s, pm[b * nchunk + k], ps[b * nchunk + k]);
+    block_merge(m, s);
+    if (threadIdx.x == 0) lse[b * stride] = dm::finalize_lse(m, s);
+  }
 }
 
 template <typename T>
 void launch_lse(const T* a, const T* c, int64_t B, int64_t N, opmath<T>* lse, int64_t stride, opmath<T>* work,
                 cudaStream_t stream) {
   const int64_t nchunk = nchunk_of(N);
-  lse_partial_kernel<T><<<dim3(static_cast<unsigned>(nchunk), static_cast<unsigned>(B)), kThreads, 0, stream>>>(
-      a, c, N, work, work + B * nchunk);
-  lse_combine_kernel<opmath<T>><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(work, work + B * nchunk, nchunk, lse,
+  const grid::Plan pc = grid::dd_chunks(B, nchunk), pb = grid::dd_images(B);
+  lse_partial_kernel<T><<<FD_GRID(pc), FD_BLOCK(pc), 0, stream>>>(
+      pc, a, c, N, work, work + B * nchunk);
+  lse_combine_kernel<opmath<T>><<<FD_GRID(pb), FD_BLOCK(pb), 0, stream>>>(pb, work, work + B * nchunk, nchunk, lse,
                                                                                  stride);
 }
 
@@ -98,73 +105,87 @@ __device__ __forceinline__ opmath<T> softmax_sum(const T* a, const T* c, int64_t
 }
 
 template <typename T>
-__global__ void dpw_kernel(const T* __restrict__ d, const opmath<T>* __restrict__ lse, T* __restrict__ W, int64_t C,
+__global__ void dpw_kernel(grid::Plan pl, const T* __restrict__ d, const opmath<T>* __restrict__ lse, T* __restrict__ W, int64_t C,
                            int64_t HW, opmath<T> scale, opmath<T> ceps) {
-  const int64_t b = blockIdx.y, p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= HW) return;
-  store(W + b * HW + p, scale * softmax_sum<T>(d, nullptr, b, C, HW, p, lse[b]) + ceps);
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, p = un.i * blockDim.x + threadIdx.x;
+    if (p >= HW) continue;
+    store(W + b * HW + p, scale * softmax_sum<T>(d, nullptr, b, C, HW, p, lse[b]) + ceps);
+  }
 }
 
 // part[b, blk] = sum over the block's pixels of scale g_p S_p.
 template <typename T>
-__global__ void dpw_dot_kernel(const T* __restrict__ g, const T* __restrict__ d, const opmath<T>* __restrict__ lse,
+__global__ void dpw_dot_kernel(grid::Plan pl, const T* __restrict__ g, const T* __restrict__ d, const opmath<T>* __restrict__ lse,
                                opmath<T>* part, int64_t C, int64_t HW, opmath<T> scale) {
   using op_t = opmath<T>;
-  const int64_t b = blockIdx.y, p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  op_t v = 0;
-  if (p < HW) v = scale * load(g + b * HW + p) * softmax_sum<T>(d, nullptr, b, C, HW, p, lse[b]);
-  v = block_sum(v);
-  if (threadIdx.x == 0) part[b * gridDim.x + blockIdx.x] = v;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, p = un.i * blockDim.x + threadIdx.x;
+    op_t v = 0;
+    if (p < HW) v = scale * load(g + b * HW + p) * softmax_sum<T>(d, nullptr, b, C, HW, p, lse[b]);
+    v = block_sum(v);
+    if (threadIdx.x == 0) part[u] = v;
+  }
 }
 
 // out[b * stride] = scale * sum_k part[b, k, field] (nfield values per partial), in double.
 template <typename op_t>
-__global__ void sum_parts_kernel(const op_t* part, int64_t nblk, int nfield, int field, op_t* out, int64_t stride,
+__global__ void sum_parts_kernel(grid::Plan pl, const op_t* part, int64_t nblk, int nfield, int field, op_t* out, int64_t stride,
                                  double scale) {
-  const int64_t b = blockIdx.x;
-  double v = 0;
-  for (int64_t k = threadIdx.x; k < nblk; k += blockDim.x) v += static_cast<double>(part[(b * nblk + k) * nfield + field]);
-  v = block_sum(v);
-  if (threadIdx.x == 0) out[b * stride] = static_cast<op_t>(v * scale);
+  for (FD_UNITS(pl, u)) {
+    const int64_t b = u;
+    double v = 0;
+    for (int64_t k = threadIdx.x; k < nblk; k += blockDim.x) v += static_cast<double>(part[(b * nblk + k) * nfield + field]);
+    v = block_sum(v);
+    if (threadIdx.x == 0) out[b * stride] = static_cast<op_t>(v * scale);
+  }
 }
 
 template <typename T>
-__global__ void dpw_grad_kernel(const T* __restrict__ g, const T* __restrict__ d, const opmath<T>* __restrict__ lse,
+__global__ void dpw_grad_kernel(grid::Plan pl, const T* __restrict__ g, const T* __restrict__ d, const opmath<T>* __restrict__ lse,
                                 const opmath<T>* __restrict__ dot, T* __restrict__ gd, int64_t C, int64_t HW,
                                 opmath<T> scale) {
   using op_t = opmath<T>;
-  const int64_t b = blockIdx.y, p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= HW) return;
-  const op_t coef = scale * load(g + b * HW + p) - dot[b], L = lse[b];
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const int64_t off = (b * C + ch) * HW + p;
-    store(gd + off, dm::dd_exp(load(d + off) - L) * coef);
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, p = un.i * blockDim.x + threadIdx.x;
+    if (p >= HW) continue;
+    const op_t coef = scale * load(g + b * HW + p) - dot[b], L = lse[b];
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const int64_t off = (b * C + ch) * HW + p;
+      store(gd + off, dm::dd_exp(load(d + off) - L) * coef);
+    }
   }
 }
 
 // part[b, blk, 0..2] = block sums of |W e|, |e|, S dL/dW (up to g/N).
 template <typename T>
-__global__ void ddl_partial_kernel(const T* __restrict__ dh, const T* __restrict__ cl, const T* __restrict__ Dp,
+__global__ void ddl_partial_kernel(grid::Plan pl, const T* __restrict__ dh, const T* __restrict__ cl, const T* __restrict__ Dp,
                                    const T* __restrict__ Dt, const opmath<T>* __restrict__ stats, opmath<T>* part,
                                    int64_t C, int64_t HW, opmath<T> ceps) {
   using op_t = opmath<T>;
-  const int64_t b = blockIdx.y, p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  op_t v1 = 0, v2 = 0, v3 = 0;
-  if (p < HW) {
-    const op_t S = softmax_sum<T>(dh, cl, b, C, HW, p, stats[b * 2]);
-    const op_t W = S + ceps, e = load(Dp + b * HW + p) - load(Dt + b * HW + p);
-    v1 = dm::abs_(W * e);
-    v2 = dm::abs_(e);
-    v3 = S * dm::loss_dW(W, e);
-  }
-  v1 = block_sum(v1);
-  v2 = block_sum(v2);
-  v3 = block_sum(v3);
-  if (threadIdx.x == 0) {
-    op_t* q = part + (b * gridDim.x + blockIdx.x) * 3;
-    q[0] = v1;
-    q[1] = v2;
-    q[2] = v3;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, p = un.i * blockDim.x + threadIdx.x;
+    op_t v1 = 0, v2 = 0, v3 = 0;
+    if (p < HW) {
+      const op_t S = softmax_sum<T>(dh, cl, b, C, HW, p, stats[b * 2]);
+      const op_t W = S + ceps, e = load(Dp + b * HW + p) - load(Dt + b * HW + p);
+      v1 = dm::abs_(W * e);
+      v2 = dm::abs_(e);
+      v3 = S * dm::loss_dW(W, e);
+    }
+    v1 = block_sum(v1);
+    v2 = block_sum(v2);
+    v3 = block_sum(v3);
+    if (threadIdx.x == 0) {
+      op_t* q = part + (u) * 3;
+      q[0] = v1;
+      q[1] = v2;
+      q[2] = v3;
+    }
   }
 }
 
@@ -179,30 +200,32 @@ __global__ void ddl_loss_kernel(const op_t* part, int64_t nparts, op_t* loss, do
 }
 
 template <typename T>
-__global__ void ddl_backward_kernel(const opmath<T>* __restrict__ grad, const T* __restrict__ dh,
+__global__ void ddl_backward_kernel(grid::Plan pl, const opmath<T>* __restrict__ grad, const T* __restrict__ dh,
                                     const T* __restrict__ cl, const T* __restrict__ Dp, const T* __restrict__ Dt,
                                     const opmath<T>* __restrict__ stats, T* gh, T* gc, T* gp, T* gt, int64_t C,
                                     int64_t HW, opmath<T> invN, opmath<T> ceps) {
   using op_t = opmath<T>;
-  const int64_t b = blockIdx.y, p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= HW) return;
-  const op_t g = *grad, L = stats[b * 2], gdot = g * stats[b * 2 + 1], inv = g * invN;
-  const op_t S = softmax_sum<T>(dh, cl, b, C, HW, p, L);
-  const op_t W = S + ceps, e = load(Dp + b * HW + p) - load(Dt + b * HW + p);
-  const op_t gD = inv * dm::loss_dDpred(W, e);
-  if (gp) store(gp + b * HW + p, gD);
-  if (gt) store(gt + b * HW + p, -gD);
-  if (!gh && !gc) return;
-  const op_t coef = inv * dm::loss_dW(W, e) - gdot;
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const int64_t off = (b * C + ch) * HW + p;
-    const op_t v = dm::dd_exp(load(dh + off) - load(cl + off) - L) * coef;
-    if (gh) store(gh + off, v);
-    if (gc) store(gc + off, -v);
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o, p = un.i * blockDim.x + threadIdx.x;
+    if (p >= HW) continue;
+    const op_t g = *grad, L = stats[b * 2], gdot = g * stats[b * 2 + 1], inv = g * invN;
+    const op_t S = softmax_sum<T>(dh, cl, b, C, HW, p, L);
+    const op_t W = S + ceps, e = load(Dp + b * HW + p) - load(Dt + b * HW + p);
+    const op_t gD = inv * dm::loss_dDpred(W, e);
+    if (gp) store(gp + b * HW + p, gD);
+    if (gt) store(gt + b * HW + p, -gD);
+    if (!gh && !gc) continue;
+    const op_t coef = inv * dm::loss_dW(W, e) - gdot;
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const int64_t off = (b * C + ch) * HW + p;
+      const op_t v = dm::dd_exp(load(dh + off) - load(cl + off) - L) * coef;
+      if (gh) store(gh + off, v);
+      if (gc) store(gc + off, -v);
+    }
   }
 }
 
-dim3 pixel_grid(int64_t B, int64_t HW) { return dim3(static_cast<unsigned>(nblk_of(HW)), static_cast<unsigned>(B)); }
 
 }  // namespace
 
@@ -215,12 +238,13 @@ template <typename T>
 void difference_perception_weight_cuda_launch(const T* diff, T* W, opmath<T>* lse, opmath<T>* work, int64_t B,
                                               int64_t C, int64_t HW, double eps, bool normalize, cudaStream_t stream) {
   using op_t = opmath<T>;
+  const grid::Plan pp = grid::dd_pixels(B, HW), pb = grid::dd_images(B);
   if (B == 0) return;
   launch_lse<T>(diff, nullptr, B, C * HW, lse, 1, work, stream);
   if (HW == 0) return;
   const op_t scale = normalize ? static_cast<op_t>(HW) : op_t(1);
   const op_t ceps = normalize ? op_t(0) : static_cast<op_t>(C) * static_cast<op_t>(eps);
-  dpw_kernel<T><<<pixel_grid(B, HW), kThreads, 0, stream>>>(diff, lse, W, C, HW, scale, ceps);
+  dpw_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, diff, lse, W, C, HW, scale, ceps);
 }
 
 template <typename T>
@@ -228,13 +252,14 @@ void difference_perception_weight_backward_cuda_launch(const T* grad, const T* d
                                                        opmath<T>* work, int64_t B, int64_t C, int64_t HW,
                                                        bool normalize, cudaStream_t stream) {
   using op_t = opmath<T>;
+  const grid::Plan pp = grid::dd_pixels(B, HW), pb = grid::dd_images(B);
   if (B == 0 || C == 0 || HW == 0) return;
   const op_t scale = normalize ? static_cast<op_t>(HW) : op_t(1);
   const int64_t nblk = nblk_of(HW);
   op_t* dot = work + B * nblk;
-  dpw_dot_kernel<T><<<pixel_grid(B, HW), kThreads, 0, stream>>>(grad, diff, lse, work, C, HW, scale);
-  sum_parts_kernel<op_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(work, nblk, 1, 0, dot, 1, 1.0);
-  dpw_grad_kernel<T><<<pixel_grid(B, HW), kThreads, 0, stream>>>(grad, diff, lse, dot, grad_diff, C, HW, scale);
+  dpw_dot_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, grad, diff, lse, work, C, HW, scale);
+  sum_parts_kernel<op_t><<<FD_GRID(pb), FD_BLOCK(pb), 0, stream>>>(pb, work, nblk, 1, 0, dot, 1, 1.0);
+  dpw_grad_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, grad, diff, lse, dot, grad_diff, C, HW, scale);
 }
 
 template <typename T>
@@ -242,14 +267,15 @@ void depth_difference_loss_cuda_launch(const T* dehazed, const T* clear, const T
                                        opmath<T>* loss, opmath<T>* stats, opmath<T>* work, int64_t B, int64_t C,
                                        int64_t HW, double eps, cudaStream_t stream) {
   using op_t = opmath<T>;
+  const grid::Plan pp = grid::dd_pixels(B, HW), pb = grid::dd_images(B);
   if (B == 0 || HW == 0) return;  // the caller fills NaN (mean of nothing)
   launch_lse<T>(dehazed, clear, B, C * HW, stats, 2, work, stream);
   const int64_t nblk = nblk_of(HW);
   const op_t ceps = static_cast<op_t>(C) * static_cast<op_t>(eps);
   const double invN = 1.0 / static_cast<double>(B * HW);
-  ddl_partial_kernel<T><<<pixel_grid(B, HW), kThreads, 0, stream>>>(dehazed, clear, depth_pred, depth_target, stats,
+  ddl_partial_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, dehazed, clear, depth_pred, depth_target, stats,
                                                                      work, C, HW, ceps);
-  sum_parts_kernel<op_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(work, nblk, 3, 2, stats + 1, 2, invN);
+  sum_parts_kernel<op_t><<<FD_GRID(pb), FD_BLOCK(pb), 0, stream>>>(pb, work, nblk, 3, 2, stats + 1, 2, invN);
   ddl_loss_kernel<op_t><<<1, 1024, 0, stream>>>(work, B * nblk, loss, invN);
 }
 
@@ -259,10 +285,11 @@ void depth_difference_loss_backward_cuda_launch(const opmath<T>* grad, const T* 
                                                 T* g_dehazed, T* g_clear, T* g_pred, T* g_target, int64_t B, int64_t C,
                                                 int64_t HW, double eps, cudaStream_t stream) {
   using op_t = opmath<T>;
+  const grid::Plan pp = grid::dd_pixels(B, HW), pb = grid::dd_images(B);
   if (B == 0 || HW == 0) return;
   const op_t invN = static_cast<op_t>(1.0 / static_cast<double>(B * HW));
   const op_t ceps = static_cast<op_t>(C) * static_cast<op_t>(eps);
-  ddl_backward_kernel<T><<<pixel_grid(B, HW), kThreads, 0, stream>>>(grad, dehazed, clear, depth_pred, depth_target,
+  ddl_backward_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, grad, dehazed, clear, depth_pred, depth_target,
                                                                       stats, g_dehazed, g_clear, g_pred, g_target, C,
                                                                       HW, invN, ceps);
 }

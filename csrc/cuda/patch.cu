@@ -15,12 +15,12 @@
 //   (possible only when value checks are off) read zeros and drop their gradient.
 #include "patch.cuh"
 #include "fastdehaze/patch_math.h"
+#include "fastdehaze/grid.h"
 
 namespace fastdehaze {
 namespace {
 
 namespace pm = patch_math;
-constexpr int kThreads = 256;
 constexpr int64_t kTileWidth = 256;       // target image columns per block of patch_scores_kernel
 constexpr int64_t kSharedBytes = 48 * 1024;
 
@@ -40,37 +40,41 @@ Tiling tiling(int64_t H, int64_t W, int64_t p, int64_t s) {
 }
 
 template <typename T, int M>
-__global__ void patch_scores_kernel(const T* __restrict__ x, opmath<T>* __restrict__ scores,
+__global__ void patch_scores_kernel(grid::Plan pl, const T* __restrict__ x, opmath<T>* __restrict__ scores,
                                     opmath<T>* __restrict__ scratch, int64_t C, int64_t H, int64_t W, int64_t p,
                                     int64_t s, int64_t nH, int64_t nW, int64_t bj, int64_t width) {
   using op_t = opmath<T>;
   extern __shared__ unsigned char smem_raw[];
-  const int64_t tile = blockIdx.x, i = blockIdx.y, b = blockIdx.z;
-  const int64_t block_id = (b * nH + i) * gridDim.x + tile;
-  op_t* cs = scratch ? scratch + block_id * width : reinterpret_cast<op_t*>(smem_raw);
-  const int64_t j0 = tile * bj;
-  const int64_t jn = (nW - j0) < bj ? (nW - j0) : bj;
-  const int64_t x0 = j0 * s, y0 = i * s;
-  const int64_t w = (jn - 1) * s + p;
-  const int64_t HW = H * W;
-  const T* base = x + b * C * HW + y0 * W + x0;
-  for (int64_t xx = threadIdx.x; xx < w; xx += blockDim.x) {
-    op_t acc = 0;
-    for (int64_t dy = 0; dy < p; ++dy) {
-      const T* px = base + dy * W + xx;
-      op_t v = pm::measure_step(op_t(0), load(px), 0, M);
-      for (int64_t c = 1; c < C; ++c) v = pm::measure_step(v, load(px + c * HW), c, M);
-      acc += pm::measure_finish(v, C, M);
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit un = grid::unit_of(pl, u);  // un.o = b * nH + i, un.i = tile
+    const int64_t tile = un.i, i = un.o % nH, b = un.o / nH;
+    const int64_t block_id = u;
+    op_t* cs = scratch ? scratch + block_id * width : reinterpret_cast<op_t*>(smem_raw);
+    const int64_t j0 = tile * bj;
+    const int64_t jn = (nW - j0) < bj ? (nW - j0) : bj;
+    const int64_t x0 = j0 * s, y0 = i * s;
+    const int64_t w = (jn - 1) * s + p;
+    const int64_t HW = H * W;
+    const T* base = x + b * C * HW + y0 * W + x0;
+    for (int64_t xx = threadIdx.x; xx < w; xx += blockDim.x) {
+      op_t acc = 0;
+      for (int64_t dy = 0; dy < p; ++dy) {
+        const T* px = base + dy * W + xx;
+        op_t v = pm::measure_step(op_t(0), load(px), 0, M);
+        for (int64_t c = 1; c < C; ++c) v = pm::measure_step(v, load(px + c * HW), c, M);
+        acc += pm::measure_finish(v, C, M);
+      }
+      cs[xx] = acc;
     }
-    cs[xx] = acc;
-  }
-  __syncthreads();
-  const op_t area = static_cast<op_t>(p * p);
-  for (int64_t jj = threadIdx.x; jj < jn; jj += blockDim.x) {
-    op_t a = 0;
-    const op_t* col = cs + jj * s;
-    for (int64_t xx = 0; xx < p; ++xx) a += col[xx];
-    scores[(b * nH + i) * nW + j0 + jj] = a / area;
+    __syncthreads();
+    const op_t area = static_cast<op_t>(p * p);
+    for (int64_t jj = threadIdx.x; jj < jn; jj += blockDim.x) {
+      op_t a = 0;
+      const op_t* col = cs + jj * s;
+      for (int64_t xx = 0; xx < p; ++xx) a += col[xx];
+      scores[(b * nH + i) * nW + j0 + jj] = a / area;
+    }
+    __syncthreads();  // cs is rewritten by the next unit
   }
 }
 
@@ -88,54 +92,58 @@ __device__ __forceinline__ bool better(const Pick<S>& a, const Pick<S>& b, bool 
 }
 
 template <typename S>
-__global__ void patch_select_kernel(const S* __restrict__ scores, int64_t n, int64_t nW, int64_t stride, int64_t k,
+__global__ void patch_select_kernel(grid::Plan pl, const S* __restrict__ scores, int64_t n, int64_t nW, int64_t stride, int64_t k,
                                     int64_t* bi, S* bs, int64_t* bc, int64_t* di, S* ds, int64_t* dc) {
-  __shared__ S red_s[kThreads];
-  __shared__ int64_t red_i[kThreads];
-  const int64_t b = blockIdx.x;
-  const bool desc = blockIdx.y == 0;
-  const S* sc = scores + b * n;
-  int64_t* oi = (desc ? bi : di) + b * k;
-  S* os = (desc ? bs : ds) + b * k;
-  int64_t* oc = (desc ? bc : dc) + b * k * 2;
-  Pick<S> prev{S(0), -1};
-  for (int64_t r = 0; r < k; ++r) {
-    Pick<S> best{S(0), -1};
-    for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
-      const Pick<S> cand{sc[e], e};
-      if (prev.i >= 0 && !pm::precedes(prev.s, prev.i, cand.s, cand.i, desc)) continue;  // already taken
-      if (better(cand, best, desc)) best = cand;
-    }
-    red_s[threadIdx.x] = best.s;
-    red_i[threadIdx.x] = best.i;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-      if (threadIdx.x < o) {
-        const Pick<S> a{red_s[threadIdx.x], red_i[threadIdx.x]}, c{red_s[threadIdx.x + o], red_i[threadIdx.x + o]};
-        if (better(c, a, desc)) {
-          red_s[threadIdx.x] = c.s;
-          red_i[threadIdx.x] = c.i;
-        }
+  __shared__ S red_s[grid::kPatchThreads];
+  __shared__ int64_t red_i[grid::kPatchThreads];
+  for (FD_UNITS(pl, u)) {
+  const grid::Unit un = grid::unit_of(pl, u);
+    const int64_t b = un.o;
+    const bool desc = un.i == 0;
+    const S* sc = scores + b * n;
+    int64_t* oi = (desc ? bi : di) + b * k;
+    S* os = (desc ? bs : ds) + b * k;
+    int64_t* oc = (desc ? bc : dc) + b * k * 2;
+    Pick<S> prev{S(0), -1};
+    for (int64_t r = 0; r < k; ++r) {
+      Pick<S> best{S(0), -1};
+      for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+        const Pick<S> cand{sc[e], e};
+        if (prev.i >= 0 && !pm::precedes(prev.s, prev.i, cand.s, cand.i, desc)) continue;  // already taken
+        if (better(cand, best, desc)) best = cand;
       }
+      red_s[threadIdx.x] = best.s;
+      red_i[threadIdx.x] = best.i;
       __syncthreads();
+      for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) {
+          const Pick<S> a{red_s[threadIdx.x], red_i[threadIdx.x]}, c{red_s[threadIdx.x + o], red_i[threadIdx.x + o]};
+          if (better(c, a, desc)) {
+            red_s[threadIdx.x] = c.s;
+            red_i[threadIdx.x] = c.i;
+          }
+        }
+        __syncthreads();
+      }
+      prev = Pick<S>{red_s[0], red_i[0]};
+      if (threadIdx.x == 0) {
+        oi[r] = prev.i;
+        os[r] = prev.s;
+        oc[2 * r] = (prev.i / nW) * stride;
+        oc[2 * r + 1] = (prev.i % nW) * stride;
+      }
+      __syncthreads();  // red_* are overwritten by the next round
     }
-    prev = Pick<S>{red_s[0], red_i[0]};
-    if (threadIdx.x == 0) {
-      oi[r] = prev.i;
-      os[r] = prev.s;
-      oc[2 * r] = (prev.i / nW) * stride;
-      oc[2 * r + 1] = (prev.i % nW) * stride;
-    }
-    __syncthreads();  // red_* are overwritten by the next round
   }
 }
 
 template <typename T>
-__global__ void gather_patches_kernel(const T* __restrict__ x, const int64_t* __restrict__ corners, T* __restrict__ out,
+__global__ void gather_patches_kernel(grid::Plan pl, const T* __restrict__ x, const int64_t* __restrict__ corners, T* __restrict__ out,
                                       int64_t C, int64_t H, int64_t W, int64_t k, int64_t p, int64_t total) {
   const int64_t pp = p * p;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (FD_UNITS(pl, u)) {
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= total) continue;
     const int64_t dx = e % p, dy = (e / p) % p, c = (e / pp) % C, bq = e / (pp * C), b = bq / k;
     const int64_t y = corners[2 * bq] + dy, xx = corners[2 * bq + 1] + dx;
     const bool inside = y >= 0 && y < H && xx >= 0 && xx < W;
@@ -145,13 +153,14 @@ __global__ void gather_patches_kernel(const T* __restrict__ x, const int64_t* __
 }
 
 template <typename T>
-__global__ void gather_patches_backward_kernel(const T* __restrict__ grad, const int64_t* __restrict__ corners,
+__global__ void gather_patches_backward_kernel(grid::Plan pl, const T* __restrict__ grad, const int64_t* __restrict__ corners,
                                                T* __restrict__ gx, int64_t C, int64_t H, int64_t W, int64_t k,
                                                int64_t p, int64_t total) {
   using op_t = opmath<T>;
   const int64_t HW = H * W;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (FD_UNITS(pl, u)) {
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= total) continue;
     const int64_t xx = e % W, y = (e / W) % H, bc = e / HW, c = bc % C, b = bc / C;
     op_t acc = 0;
     for (int64_t q = 0; q < k; ++q) {
@@ -162,10 +171,6 @@ __global__ void gather_patches_backward_kernel(const T* __restrict__ grad, const
   }
 }
 
-unsigned blocks_for(int64_t total) {
-  int64_t nb = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(nb < 65535 * 16 ? nb : 65535 * 16);
-}
 
 }  // namespace
 
@@ -183,10 +188,10 @@ void patch_scores_cuda_launch(const T* x, opmath<T>* scores, opmath<T>* scratch,
   const bool shared = t.width * static_cast<int64_t>(sizeof(opmath<T>)) <= kSharedBytes;
   const size_t smem = shared ? static_cast<size_t>(t.width * sizeof(opmath<T>)) : 0;
   opmath<T>* scr = shared ? nullptr : scratch;
-  const dim3 grid(static_cast<unsigned>(t.tiles), static_cast<unsigned>(t.nH), static_cast<unsigned>(B));
+  const grid::Plan pl = grid::patch_scores(B, t.nH, t.tiles);
 #define FD_PATCH_LAUNCH(M)                                                                                      \
-  patch_scores_kernel<T, M><<<grid, kThreads, smem, stream>>>(x, scores, scr, C, H, W, patch, stride, t.nH, t.nW, \
-                                                               t.bj, t.width)
+  patch_scores_kernel<T, M><<<FD_GRID(pl), FD_BLOCK(pl), smem, stream>>>(pl, x, scores, scr, C, H, W, patch, stride, \
+                                                                        t.nH, t.nW, t.bj, t.width)
   switch (measure) {
     case pm::kLuma: FD_PATCH_LAUNCH(pm::kLuma); break;
     case pm::kMean: FD_PATCH_LAUNCH(pm::kMean); break;
@@ -201,8 +206,9 @@ void patch_select_cuda_launch(const S* scores, int64_t B, int64_t n, int64_t nW,
                               int64_t* bright_index, S* bright_score, int64_t* bright_corner, int64_t* dark_index,
                               S* dark_score, int64_t* dark_corner, cudaStream_t stream) {
   if (B == 0 || k == 0) return;
-  patch_select_kernel<S><<<dim3(static_cast<unsigned>(B), 2), kThreads, 0, stream>>>(
-      scores, n, nW, stride, k, bright_index, bright_score, bright_corner, dark_index, dark_score, dark_corner);
+  const grid::Plan pl = grid::patch_select(B);
+  patch_select_kernel<S><<<FD_GRID(pl), FD_BLOCK(pl), 0, stream>>>(
+      pl, scores, n, nW, stride, k, bright_index, bright_score, bright_corner, dark_index, dark_score, dark_corner);
 }
 
 template <typename T>
@@ -210,7 +216,8 @@ void gather_patches_cuda_launch(const T* x, const int64_t* corners, T* out, int6
                                 int64_t k, int64_t patch, cudaStream_t stream) {
   const int64_t total = B * k * C * patch * patch;
   if (total == 0) return;
-  gather_patches_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(x, corners, out, C, H, W, k, patch, total);
+  const grid::Plan pl = grid::patch_gather(total);
+  gather_patches_kernel<T><<<FD_GRID(pl), FD_BLOCK(pl), 0, stream>>>(pl, x, corners, out, C, H, W, k, patch, total);
 }
 
 template <typename T>
@@ -218,7 +225,8 @@ void gather_patches_backward_cuda_launch(const T* grad, const int64_t* corners, 
                                          int64_t W, int64_t k, int64_t patch, cudaStream_t stream) {
   const int64_t total = B * C * H * W;
   if (total == 0) return;
-  gather_patches_backward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(grad, corners, gx, C, H, W, k, patch,
+  const grid::Plan pl = grid::patch_gather(total);
+  gather_patches_backward_kernel<T><<<FD_GRID(pl), FD_BLOCK(pl), 0, stream>>>(pl, grad, corners, gx, C, H, W, k, patch,
                                                                                  total);
 }
 

@@ -24,8 +24,6 @@ Tensor6 patch_brightness_rank_cuda(const at::Tensor& x, int64_t patch, int64_t s
               "fastdehaze::patch_brightness_rank: bad measure code (luma needs 3 channels)");
   const int64_t nH = (H - patch) / stride + 1, nW = (W - patch) / stride + 1, n = nH * nW;
   TORCH_CHECK(k >= 0 && k <= n, "fastdehaze::patch_brightness_rank: need 0 <= k <= nH*nW");
-  TORCH_CHECK(nH <= 65535 && B <= 65535, "fastdehaze::patch_brightness_rank: the CUDA backend supports at most "
-              "65535 patch rows and 65535 images per call");
   c10::cuda::CUDAGuard guard(x.device());
   const auto sdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto iopt = x.options().dtype(at::kLong);

@@ -6,6 +6,7 @@
 // checks that they match).
 #include <torch/library.h>
 #include "fastdehaze/common.h"
+#include "fastdehaze/grid_ops.h"
 
 TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // I [B,C,H,W]; t [B,1|C,H,W] (same dtype as I); A, t0 [B,C] compute dtype.
@@ -34,6 +35,14 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // AOD-Net recomposition J = K I - K + b. I [B,C,H,W]; K [B,1|C,H,W] (I's dtype); b [B,C] compute dtype.
   m.def("recompose_k(Tensor I, Tensor K, Tensor b) -> Tensor");
   // -> (grad_I like I, grad_K like K, grad_b [B,C] compute dtype); empty [0] where not needed.
+  // Test hooks of the CUDA launch plans (fastdehaze/grid.h, grid_ops.h; tests/test_cuda_grid.py):
+  // host code shared with the CUDA launchers, compiled into this CPU extension.
+  m.def("_launch_plan(str kernel, int[] sizes, int max_x=2147483647) -> int[]", &fastdehaze::grid::launch_plan_op);
+  m.def("_launch_plan_visits(str kernel, int[] sizes, int max_x=2147483647) -> int[]",
+        &fastdehaze::grid::launch_plan_visits_op);
+  m.def("_launch_plan_cover(str kernel, int[] sizes, int max_x=2147483647) -> int[]",
+        &fastdehaze::grid::launch_plan_cover_op);
+
   m.def("recompose_k_backward(Tensor grad, Tensor I, Tensor K, Tensor b, bool needs_I, bool needs_K, bool needs_b) -> (Tensor, Tensor, Tensor)");
 }
 

@@ -3,8 +3,48 @@
 // normalises A to a contiguous [B, C] tensor of the compute dtype (float32 for half inputs,
 // float64 for float64) before calling these. The Triton variants (`<name>_triton`) are
 // defined in Python with the same schemas.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include <vector>
+
 #include "fastdehaze/common.h"
+#include "fastdehaze/dcp_math.h"
+
+namespace {
+
+// Host run of the CUDA backward's gather (dcp_math::col_adjoint / row_adjoint, the index logic
+// of csrc/cuda/dcp.cu col_adjoint_kernel and row_adjoint_kernel) for tests/test_cuda_grid.py:
+// grad [B,H,W] float64, rows_a/cols_a/chan [B,H,W] int32 -> grad_I [B,C,H,W] float64.
+at::Tensor dcp_gather_backward(const at::Tensor& grad, const at::Tensor& rows_a, const at::Tensor& cols_a,
+                               const at::Tensor& chan, int64_t C, int64_t patch) {
+  TORCH_CHECK(grad.dim() == 3 && grad.scalar_type() == at::kDouble, "fastdehaze::_dcp_gather_backward: grad must be [B,H,W] float64");
+  for (const at::Tensor* t : {&rows_a, &cols_a, &chan})
+    TORCH_CHECK(t->sizes() == grad.sizes() && t->scalar_type() == at::kInt, "fastdehaze::_dcp_gather_backward: winners must be [B,H,W] int32");
+  TORCH_CHECK(patch > 0 && patch % 2 == 1 && C >= 1, "fastdehaze::_dcp_gather_backward: bad patch or C");
+  const int64_t B = grad.size(0), H = grad.size(1), W = grad.size(2), HW = H * W, r = patch / 2;
+  auto g = grad.contiguous(), ra = rows_a.contiguous(), ca = cols_a.contiguous(), ch = chan.contiguous();
+  auto out = at::empty({B, C, H, W}, grad.options());
+  std::vector<double> g1(static_cast<size_t>(HW));
+  const double* gp = g.const_data_ptr<double>();
+  const int32_t *rp = ra.const_data_ptr<int32_t>(), *cp = ca.const_data_ptr<int32_t>(), *hp = ch.const_data_ptr<int32_t>();
+  double* op = out.mutable_data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t off = b * HW;
+    auto g_at = [&](int64_t i) { return gp[off + i]; };
+    for (int64_t i = 0; i < HW; ++i)
+      g1[i] = fastdehaze::dcp_math::col_adjoint<double>(g_at, cp + off, i / W, i % W, H, W, r);
+    for (int64_t i = 0; i < HW; ++i) {
+      const int64_t ys = i / W, xs = i % W;
+      const double v = fastdehaze::dcp_math::row_adjoint<double>(g1.data() + ys * W, rp + off + ys * W, xs, W, r);
+      for (int64_t c = 0; c < C; ++c) op[(b * C + c) * HW + i] = c == hp[off + i] ? v : 0.0;
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // I [B,C,H,W] -> [B,1,H,W] (I's dtype): min (max) over channels then over the clipped window.
@@ -21,7 +61,11 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   m.def("transmission(Tensor I, Tensor A, float omega, int patch) -> Tensor");
   // The whole DCP pipeline fused (CPU only): -> (J [B,C,H,W], t [B,1,H,W] (I's dtype), A [B,C]
   // compute dtype).
+  // Test hook: the CUDA backward's gather run on the host (see dcp_gather_backward above).
+  m.def("_dcp_gather_backward(Tensor grad, Tensor rows_a, Tensor cols_a, Tensor chan, int C, int patch) -> Tensor");
   m.def("dehaze_dcp(Tensor I, int patch, float omega, float top, int r, float eps, float t0) -> (Tensor, Tensor, Tensor)");
 }
+
+TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) { m.impl("_dcp_gather_backward", &dcp_gather_backward); }
 
 FD_PYTHON_MODULE(_C_dcp)

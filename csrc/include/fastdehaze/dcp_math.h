@@ -66,6 +66,32 @@ template <typename T> struct KeyOf;
 template <> struct KeyOf<float> { using type = uint32_t; };
 template <> struct KeyOf<double> { using type = uint64_t; };
 
+// ---- backward as a gather (the CUDA kernels: deterministic, no atomics) ----------------------
+// The forward's winners, per image, row-major [H, W]: chan = lowest extremal channel of a pixel,
+// rows_a = column of the winner of a pixel's row window, cols_a = row of the winner of a pixel's
+// column window (over the row results). Output (y, x) sends its gradient to input
+// (cols_a[y, x], rows_a[cols_a[y, x], x]) in channel chan of that pixel. The two adjoints below
+// invert that chain per *input*, in a fixed order (ascending position), so every gradient
+// element is one thread's sequential sum.
+// Column adjoint: sum of g(y * W + x) over the rows y of ys's clipped window with cols_a[y, x] == ys.
+template <typename M, typename G>
+FD_HD M col_adjoint(const G& g, const int32_t* cols_a, int64_t ys, int64_t x, int64_t H, int64_t W, int64_t r) {
+  M s = M(0);
+  const int64_t lo = win_lo(ys, r), hi = win_hi(ys, r, H);
+  for (int64_t y = lo; y <= hi; ++y)
+    if (cols_a[y * W + x] == ys) s += g(y * W + x);
+  return s;
+}
+// Row adjoint on row ys: sum of g1[x] over the columns x of xs's clipped window with rows_a[x] == xs.
+template <typename M>
+FD_HD M row_adjoint(const M* g1_row, const int32_t* rows_a_row, int64_t xs, int64_t W, int64_t r) {
+  M s = M(0);
+  const int64_t lo = win_lo(xs, r), hi = win_hi(xs, r, W);
+  for (int64_t x = lo; x <= hi; ++x)
+    if (rows_a_row[x] == xs) s += g1_row[x];
+  return s;
+}
+
 // Transmission from the scaled dark value.
 template <typename T>
 FD_HD T transmission(T dark_scaled, T omega) { return T(1) - omega * dark_scaled; }
