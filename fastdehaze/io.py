@@ -17,6 +17,11 @@ What the file boundary does, and why:
   prior, and the output, whose three channels are then equal, is written back as grey.
 * **Alpha** (RGBA, grey + alpha, palette with transparency) is kept aside, never seen by the
   prior, and re-attached unchanged to the output.
+* **Large images**: Pillow's decompression-bomb guard (a warning above ``MAX_IMAGE_PIXELS``,
+  89.5 MP, an exception above twice that) is replaced by one check: an image with more than
+  ``max_pixels`` pixels (default twice ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP) is an
+  :class:`ImageReadError` naming the size and the limit, raised before any pixel is decoded;
+  below it no warning is printed. ``max_pixels=0`` (``--max-pixels 0``) removes the limit.
 * **Float to integer** (:func:`quantize`): ``round(x * max)`` clamped to [0, max] *before* the
   cast, so out-of-range values saturate (a value of -8.1 in [0, 1] units gives 0, never a
   wrapped 255-ish value); NaN is written as 0.
@@ -32,7 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["LoadedImage", "ImageReadError", "read_image", "write_png", "quantize", "to_tensor", "as_rgb",
+__all__ = ["LoadedImage", "ImageReadError", "read_image", "default_max_pixels", "write_png", "quantize", "to_tensor", "as_rgb",
            "IMAGE_EXTENSIONS"]
 
 #: extensions picked up when a folder is given to the command line
@@ -153,24 +158,58 @@ def _split(a: np.ndarray, path: str):
     raise ImageReadError(f"{path}: {c} channels (1 to 4 are supported)")
 
 
-def read_image(path) -> LoadedImage:
+def default_max_pixels() -> int:
+    """The default pixel limit of :func:`read_image`: twice ``PIL.Image.MAX_IMAGE_PIXELS`` (where Pillow
+    raises DecompressionBombError), 0 (none) when Pillow's limit is off (None)."""
+    from PIL import Image
+    m = Image.MAX_IMAGE_PIXELS
+    return 0 if m is None else 2 * int(m)
+
+
+_PIL_LOCK = __import__("threading").Lock()
+
+
+def read_image(path, max_pixels: Optional[int] = None) -> LoadedImage:
     """Read an image file, upright (EXIF orientation applied), keeping its bit depth.
 
     Args:
         path: a file in any format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, ...).
+        max_pixels: refuse images with more pixels (width x height) than this, before decoding
+            them (None: :func:`default_max_pixels`, 0: no limit).
 
     Returns:
         :class:`LoadedImage` with uint8 (8-bit files) or uint16 (16-bit PNG/TIFF) pixels,
         [H, W, 1] for grey or [H, W, 3] for colour, and the alpha channel apart.
 
     Raises:
-        ImageReadError (a ValueError): missing, unreadable, corrupt or unsupported file.
+        ImageReadError (a ValueError): missing, unreadable, corrupt or unsupported file, or
+            more than ``max_pixels`` pixels.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
     path = os.fspath(path)
+    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
+    if limit < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+    import warnings
+    with _PIL_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None   # our own check below replaces Pillow's
+        try:
+            return _read_image(path, limit)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _read_image(path: str, limit: int) -> LoadedImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ImageReadError(f"{path}: {w}x{h} = {w * h:,} pixels is above the limit of {limit:,} pixels "
+                                     "(a decompression-bomb guard; allow it with --max-pixels N, or 0 for no limit; "
+                                     "large photos are processed in tiles)")
             fmt = im.format
             orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
             icc = im.info.get("icc_profile")
