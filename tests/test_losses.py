@@ -250,3 +250,39 @@ def test_iicl_bad_input(vgg):
         fnn.IICLLoss(patch=64, vgg=vgg)(hazy, clear, hazy)
     with pytest.raises(ValueError, match="output"):
         fnn.IICLLoss(patch=16, vgg=vgg)(hazy[0], clear, hazy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_losses_half_images_with_float32_vgg(vgg, dtype):
+    """The ops' convention: half images are computed in float32 (the VGG's dtype), the loss is
+    float32 and the gradient reaches the half image in its dtype."""
+    g = torch.Generator().manual_seed(5)
+    a32, p32, n32 = (torch.rand(1, 3, 32, 32, generator=g) for _ in range(3))
+    for make, args in ((lambda: fnn.ContrastLoss(vgg=vgg), lambda a, p, n: (a, p, n)),
+                       (lambda: fnn.C2RLoss(vgg=vgg), lambda a, p, n: (a, p, [n, p * 0.5])),
+                       (lambda: fnn.IICLLoss(patch=16, k=1, vgg=vgg), lambda a, p, n: (a, p, n))):
+        loss = make()
+        a = a32.to(dtype).requires_grad_()
+        got = loss(*args(a, p32.to(dtype), n32.to(dtype)))
+        want = loss(*args(a32.to(dtype).float(), p32.to(dtype).float(), n32.to(dtype).float()))
+        assert got.dtype == torch.float32 and torch.isfinite(got)
+        torch.testing.assert_close(got, want)
+        got.backward()
+        assert a.grad is not None and a.grad.dtype == dtype and torch.isfinite(a.grad.float()).all()
+
+
+def test_losses_grey_and_mismatched_images_name_the_argument(vgg):
+    x = torch.rand(1, 3, 32, 32)
+    grey = torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"^a must be an RGB image.*expand"):
+        fnn.ContrastLoss(vgg=vgg)(grey, x, x)
+    with pytest.raises(ValueError, match=r"^n must be an RGB image"):
+        fnn.ContrastLoss(vgg=vgg)(x, x, grey)
+    with pytest.raises(ValueError, match=r"^negatives\[1\] must be an RGB image"):
+        fnn.C2RLoss(vgg=vgg)(x, x, [x, grey])
+    with pytest.raises(ValueError, match=r"^clear must be an RGB image"):
+        fnn.IICLLoss(patch=16, vgg=vgg)(x, grey, x)
+    with pytest.raises(ValueError, match=r"^hazy must have the shape"):
+        fnn.IICLLoss(patch=16, vgg=vgg)(x, x, torch.rand(1, 3, 32, 33))
+    with pytest.raises(ValueError, match=r"^p must be a floating"):
+        fnn.ContrastLoss(vgg=vgg)(x, (x * 255).to(torch.uint8), x)

@@ -12,6 +12,13 @@ All of them run the anchor (the network output) through VGG19 with autograd, and
 positives and negatives under ``torch.no_grad()``, batched into one forward (VGG19 has no
 batch-dependent layer, so batching does not change the features); the VGG weights never
 receive a gradient. Images are used as given: no ImageNet normalisation, like the sources.
+
+Dtypes (the ops' convention): images of any floating dtype are accepted; they are run through
+VGG19 in the extractor's dtype (fp16/bf16 images with the default float32 VGG are computed in
+float32, gradients flow back to the image in its own dtype), and the loss is a float32 0-d
+tensor. Under CUDA autocast the convolutions run in autocast's dtype as usual. Images must be
+RGB [B,3,H,W] (VGG19's input): a grey [B,1,H,W] image is a ValueError naming the argument
+(replicate it with ``x.expand(-1, 3, -1, -1)``), as are images whose shapes differ.
 """
 from __future__ import annotations
 
@@ -27,11 +34,17 @@ from .vgg import VGG19Features
 __all__ = ["ContrastLoss", "C2RLoss", "IICLLoss"]
 
 
-def _image(x, name):
+def _image(x, name, like=None, dtype=None):
+    """Check an image argument ([B,3,H,W] floating, the shape of ``like``) and cast it to ``dtype``."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
         raise ValueError(f"{name} must be a floating [B,C,H,W] image tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    return x
+                         f"{(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[1] != 3:
+        raise ValueError(f"{name} must be an RGB image [B,3,H,W] (VGG19's input), got shape {tuple(x.shape)}; "
+                         "replicate a grey image with x.expand(-1, 3, -1, -1)")
+    if like is not None and x.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of the output/anchor {tuple(like.shape)}, got {tuple(x.shape)}")
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
 
 class _VGGContrast(nn.Module):
@@ -43,6 +56,11 @@ class _VGGContrast(nn.Module):
             raise ValueError(f"layer_weights must hold one weight per VGG slice ({self.vgg.slices}), "
                              f"got {len(self.layer_weights)}")
         self.eps, self.ab, self.backend, self.batch_no_grad = float(eps), bool(ablation), backend, batch_no_grad
+
+    def _dtype(self):
+        """The VGG's parameter dtype: images are computed in it (see the module docstring)."""
+        p = next(self.vgg.parameters(), None)
+        return torch.float32 if p is None else p.dtype
 
     def _no_grad_features(self, images: Sequence[torch.Tensor]) -> list:
         """Features of each image batch (same shapes), under no_grad; one forward when batching.
@@ -88,13 +106,15 @@ class ContrastLoss(_VGGContrast):
         super().__init__(vgg, weights, layer_weights, eps, ablation, backend, batch_no_grad)
 
     def forward(self, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        _image(a, "a"), _image(p, "p")
+        dt = self._dtype()
+        a = _image(a, "a", dtype=dt)
+        p = _image(p, "p", a, dt)
         fa = self.vgg(a)
         if self.ab:
             fp = self._no_grad_features([p])[0]
             return _ops.contrastive_loss(fa, fp, None, self.layer_weights, eps=self.eps, ablation=True,
                                          backend=self.backend)
-        _image(n, "n")
+        n = _image(n, "n", a, dt)
         fp, fn = self._no_grad_features([p, n])
         return _ops.contrastive_loss(fa, fp, [x[None] for x in fn], self.layer_weights, eps=self.eps,
                                      backend=self.backend)
@@ -122,12 +142,13 @@ class C2RLoss(_VGGContrast):
         self.negative_weights = None if negative_weights is None else tuple(float(w) for w in negative_weights)
 
     def forward(self, a, p, negatives, negative_weights=None):
-        _image(a, "a"), _image(p, "p")
+        dt = self._dtype()
+        a = _image(a, "a", dtype=dt)
+        p = _image(p, "p", a, dt)
         negs = list(negatives.unbind(0)) if isinstance(negatives, torch.Tensor) else list(negatives)
         if not negs and not self.ab:
             raise ValueError("negatives must hold at least one negative image")
-        for k, x in enumerate(negs):
-            _image(x, f"negatives[{k}]")
+        negs = [_image(x, f"negatives[{k}]", a, dt) for k, x in enumerate(negs)]
         fa = self.vgg(a)
         if self.ab:
             fp = self._no_grad_features([p])[0]
@@ -188,7 +209,9 @@ class IICLLoss(_VGGContrast):
         return cut(output), pos, neg
 
     def forward(self, output, clear, hazy):
-        _image(output, "output"), _image(clear, "clear"), _image(hazy, "hazy")
+        dt = self._dtype()
+        output = _image(output, "output", dtype=dt)
+        clear, hazy = _image(clear, "clear", output, dt), _image(hazy, "hazy", output, dt)
         a_patch, p_patch, n_patch = self.patches(output, clear, hazy)
         Bk = a_patch.shape[0] // 2
         fa = self.vgg(output)
