@@ -84,8 +84,8 @@ are checked before any file is read, and reported in one line "fastdehaze: <opti
 SYNTH_EPILOG = """\
 Pairs: every image file of CLEAR (a folder, a file or a glob pattern) is matched with the depth
 map in the folder DEPTH whose file stem is the same, or the same plus "_depth" (a.png with
-a.png, a.npy or a_depth.png; .npy holds a 2-D float array); a clear image without one, or with
-two, is reported and skipped. The depth map is resized to the image (bilinear).
+a.png, a.npy or a_depth.png; .npy holds a 2-D float array; a "_depth" map wins, so DEPTH may
+also hold the photos); a clear image without one, or with two, is reported and skipped. The depth map is resized to the image (bilinear).
 
 Depth (--depth-kind depth, default): larger values are farther; the map is divided by its
 maximum per image, so d is in [0, 1] (0 at the camera), the per-image normalised convention of
@@ -841,7 +841,7 @@ def cmd_synth(args) -> int:
 
     def process(path, ident):
         stem = os.path.splitext(os.path.basename(path))[0]
-        cands = depth_files.get(stem, []) + depth_files.get(stem + "_depth", [])
+        cands = depth_files.get(stem + "_depth") or depth_files.get(stem, [])
         if not cands:
             raise ImageReadError(f"no depth map {stem}.* or {stem}_depth.* in {args.depth}")
         if len(cands) > 1:
