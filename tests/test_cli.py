@@ -336,3 +336,130 @@ def test_dcp_beats_hazy_on_sots_indoor(data_dir):
         gains.append(peak_signal_noise_ratio(gt, J.astype(np.float64) / 255, data_range=1)
                      - peak_signal_noise_ratio(gt, I.astype(np.float64) / 255, data_range=1))
     assert np.mean(gains) > 3.0, gains
+
+
+# ---- command-line defects found trying the package as a new user (issue 9 item 8) ---------------
+
+_INTERRUPT_SCRIPT = r"""
+import os, sys, time
+from fastdehaze import cli, io as fio
+real = fio.write_png
+def slow_write(f, *a, **k):
+    real(f, *a, **k)
+    f.flush()
+    open(os.environ["MARKER"], "w").close()   # the temporary file exists now
+    time.sleep(60)
+fio.write_png = slow_write
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_interrupt_cleans_temp_and_prints_summary(tmp_path, sig, code):
+    import signal
+    import time
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        _save(src / f"p{i}.png", _hazy_u8(seed=i))
+    marker = tmp_path / "marker"
+    env = dict(os.environ, MARKER=str(marker))
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, "dehaze", str(src), "-o", str(out), *FAST],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        assert [n for n in os.listdir(out) if n.endswith(".tmp")]          # mid-write: a temporary file exists
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "interrupted by" in err and "0 of 3 image(s) written" in err, err
+    assert os.listdir(out) == []                                            # no hidden temporary file left
+
+
+def test_unwritable_existing_output_folder_found_up_front(tmp_path, capsys):
+    # /sys/kernel exists and is a folder, and nobody (not even root) can create files in it
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys/kernel")
+    import tempfile
+    try:
+        tempfile.mkstemp(dir="/sys/kernel")
+        pytest.skip("/sys/kernel is writable here")
+    except OSError:
+        pass
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    line = _usage_error(capsys, ["dehaze", str(p), str(tmp_path / "missing.png"), "-o", "/sys/kernel", *FAST])
+    assert line.startswith("fastdehaze: -o/--output: cannot write to the output folder '/sys/kernel'"), line
+
+
+def test_backend_that_cannot_run_is_a_usage_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    line = _usage_error(capsys, ["dehaze", str(p), "-o", str(tmp_path / "o"), "--backend", "cuda", "--quiet"])
+    assert line.startswith("fastdehaze: --backend: 'cuda' cannot run here") and "device is cpu" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_large_patch_grows_the_default_tile(tmp_path, capsys):
+    p = _save(tmp_path / "a.png", _hazy_u8())
+    # --patch 10001 alone is fine (the default tile grows to twice its halo) ...
+    assert cli.main(["dehaze", str(p), "-o", str(tmp_path / "o"), "-q", "--patch", "10001", "--radius", "4"]) == 0
+    # ... an explicit tile that is too small for it names the halo's parts
+    line = _usage_error(capsys, ["dehaze", str(p), "-o", str(tmp_path / "o2"), "-q", "--patch", "10001",
+                                 "--tile", "300"])
+    assert line.startswith("fastdehaze: --tile: ") and "patch//2 + 2*radius + 1 = 5121" in line
+
+
+def test_error_lines_name_the_path_once_and_short_quiet(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert cli.main(["dehaze", str(bad), "-o", str(tmp_path / "o"), "-q", "--patch", "5", "--radius", "4"]) == 1
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "bad.png" in ln)
+    assert line.startswith(f"fastdehaze: skipped {bad}: ") and line.count(str(bad)) == 1, line
+    assert "it/s" not in err and "img/s" not in err                           # -q: no progress bar
+
+
+def test_demo_backend_and_image_allow_list(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    rc = cli.main(["demo", "--quick", "-o", str(tmp_path), "--patch", "5", "--radius", "8", "--backend", "reference"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "DCP reference" in out and "DCP cpu" not in out, out
+    for name in ("download_all", "data_dir", "lbp_frontal_face_cascade_filename", "cells3d"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", "--quick", "-o", str(tmp_path), "--image", name])
+        assert e.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+    for name in cli.DEMO_IMAGES:                     # each allowed photo is bundled: loads without a download
+        a = cli._load_sample(name)
+        assert a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8, name
+
+
+def test_demo_reports_a_backend_that_fails_to_compile(tmp_path, capsys, monkeypatch):
+    """gpu-readiness P0 #1: Triton's CompilationError is not a RuntimeError; the demo reports the
+    backend as failed and goes on with the others."""
+    pytest.importorskip("skimage")
+    from fastdehaze.nn import dehazers
+
+    class CompilationError(Exception):
+        pass
+
+    real = dehazers.DarkChannelDehazer.forward
+
+    def forward(self, I, return_all=False):
+        if self.backend == "cpu":
+            raise CompilationError("at 12:8: NameError: Cannot access global variable A_MIN")
+        return real(self, I, return_all)
+
+    monkeypatch.setattr(dehazers.DarkChannelDehazer, "forward", forward)
+    rc = cli.main(["demo", "--quick", "-o", str(tmp_path), "--patch", "5", "--radius", "8",
+                   "--backends", "cpu,reference"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "DCP cpu      failed: CompilationError" in out and "DCP reference PSNR" in out.replace("  ", " ")
+    assert (tmp_path / "demo_astronaut.png").exists()
