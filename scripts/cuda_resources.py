@@ -139,8 +139,6 @@ def threads_of(name):
         return 1024
     if name.startswith("contrastive_finalize_kernel"):
         return 32
-    if name.startswith(("rows_kernel", "cols_kernel")):
-        return 128
     return 256
 
 

@@ -33,8 +33,6 @@ def plan(kernel, sizes, max_x=MAX_X):
 EXPECTED = {
     "asm_pixels": lambda B, HW: (B, HW, 1),
     "param_reduce": lambda BC: (BC, 1, 0),
-    "dcp_rows": lambda B, H: (B, H, 1),
-    "dcp_cols": lambda B, W: (B, W, 1),
     "dcp_atmo": lambda B: (B, 1, 0),
     "flat": lambda n: (1, n, 1),
     "box_rows": lambda P, H: (P, H, 1),
@@ -54,7 +52,7 @@ BC_MAX = 65535 * 512
 LARGE = [
     ("asm_pixels", [65535, 70000]), ("asm_pixels", [65535, 1]), ("asm_pixels", [1, 70000 * 70000]),
     ("param_reduce", [BC_MAX]),
-    ("dcp_rows", [65535, 70000]), ("dcp_cols", [65535, 70000]), ("dcp_atmo", [65535 * 4]),
+    ("dcp_atmo", [65535 * 4]), ("flat", [65535 * 70000 * (70000 // 15 + 1)]),
     ("flat", [65535 * 512 * 70000]),
     ("box_rows", [BC_MAX * 13, 70000]), ("box_cols", [BC_MAX * 4, 70000]), ("plane_pixels", [BC_MAX, 70000]),
     ("patch_scores", [65535, 70000, 300]), ("patch_select", [65535 * 4]), ("patch_gather", [65535 * 512 * 64 * 64]),
@@ -108,8 +106,7 @@ def check_visits(kernel, sizes, max_x):
 
 
 SMALL = [
-    ("asm_pixels", [3, 1000]), ("asm_pixels", [1, 1]), ("param_reduce", [7]), ("dcp_rows", [2, 300]),
-    ("dcp_cols", [3, 129]), ("dcp_atmo", [5]), ("flat", [1025]), ("box_rows", [6, 257]), ("box_cols", [4, 17]),
+    ("asm_pixels", [3, 1000]), ("asm_pixels", [1, 1]), ("param_reduce", [7]), ("dcp_atmo", [5]), ("flat", [1025]), ("box_rows", [6, 257]), ("box_cols", [4, 17]),
     ("plane_pixels", [6, 513]), ("patch_scores", [2, 3, 4]), ("patch_select", [3]), ("patch_gather", [3000]),
     ("contrastive_blocks", [37]), ("contrastive_reduce", [9]), ("dd_chunks", [3, 5]), ("dd_images", [4]),
     ("dd_pixels", [2, 700]),
@@ -142,7 +139,7 @@ def test_plan_kernel_coordinates():
 COVER = [
     ("asm_pixels", [65535, 70000], MAX_X), ("asm_pixels", [65535, 70000], 1000),
     ("plane_pixels", [BC_MAX, 1], MAX_X), ("plane_pixels", [BC_MAX, 1], 65535),
-    ("dcp_rows", [65535, 70000], 4097), ("box_cols", [512, 70000], 3),
+    ("box_cols", [512, 70000], 3),
     ("param_reduce", [BC_MAX], MAX_X), ("patch_scores", [65535, 5, 3], 10000),
     ("dd_pixels", [65535, 70000], 123457), ("flat", [70000 * 70000], MAX_X),
 ]
@@ -250,3 +247,48 @@ def test_dcp_gather_backward_bad_arguments():
         OPS._dcp_gather_backward(g, a.long(), a, a, 1, 3)
     with pytest.raises(RuntimeError, match="float64"):
         OPS._dcp_gather_backward(g.float(), a, a, a, 1, 3)
+
+
+# ---- forward line pass of the CUDA dark/bright channel: independent tasks of one block of
+# w = 2r+1 (dcp_math.h window_task, the index logic of csrc/cuda/dcp.cu rows_kernel/cols_kernel),
+# run on the host through fastdehaze::_dcp_window_tasks (tasks last to first).
+
+def _window_ref(lines, r, is_max):
+    import numpy as np
+    pick = np.argmax if is_max else np.argmin
+    L, n = lines.shape
+    val = np.empty((L, n))
+    pos = np.empty((L, n), np.int32)
+    for l in range(L):
+        for x in range(n):
+            lo, hi = max(0, x - r), min(n - 1, x + r)
+            k = lo + pick(lines[l, lo:hi + 1])  # first extremum, first NaN
+            pos[l, x], val[l, x] = k, lines[l, k]
+    return val, pos
+
+
+@pytest.mark.parametrize("is_max", [False, True])
+@pytest.mark.parametrize("columns", [False, True])
+@pytest.mark.parametrize("n,patch", [(1, 1), (1, 7), (2, 3), (5, 1), (7, 3), (16, 3), (17, 5), (31, 7), (40, 15),
+                                     (9, 31), (257, 9), (100, 201)])
+def test_dcp_window_tasks_match_bruteforce(n, patch, is_max, columns):
+    import numpy as np
+    gen = np.random.default_rng(n * 1000 + patch + 7 * is_max + 3 * columns)
+    lines = gen.integers(0, 4, size=(5, n)).astype(np.float64)  # many ties
+    lines[gen.random(lines.shape) < 0.05] = np.nan
+    lines[0] = np.nan if n < 3 else lines[0]
+    want_v, want_p = _window_ref(lines, patch // 2, is_max)
+    arg = torch.from_numpy(lines.T.copy() if columns else lines)
+    got_v, got_p = OPS._dcp_window_tasks(arg, patch, is_max, columns)
+    if columns:
+        got_v, got_p = got_v.T, got_p.T
+    assert torch.equal(got_p, torch.from_numpy(want_p))
+    assert torch.allclose(got_v, torch.from_numpy(want_v), equal_nan=True, rtol=0, atol=0)
+
+
+def test_dcp_window_tasks_count():
+    """line_tasks = ceil((n + r) / w): every output x of the line is emitted by exactly one task."""
+    import numpy as np
+    lines = np.arange(12.0)[None]
+    v, p = OPS._dcp_window_tasks(torch.from_numpy(lines), 3, False, False)
+    assert p.tolist() == [[0, 0] + list(range(1, 11))]

@@ -1,7 +1,9 @@
 // CUDA kernels of the dark channel prior ops (SPEC section 2).
-// Window min/max: the van Herk / Gil-Werman running extremum of fastdehaze/dcp_math.h, one
-// thread per line: first along the rows (the channel extremum formed on the way), then down the
-// columns (coalesced); (value, position) pairs when the backward needs the winners.
+// Window min/max: the van Herk / Gil-Werman running extremum of fastdehaze/dcp_math.h cut into
+// independent tasks of one block of w = 2r+1 positions (dcp_math::window_task, int32
+// positions): the channel extremum per pixel (chan_kernel), then one thread per (row, task),
+// then one per (task, column) (adjacent columns on adjacent threads: coalesced); (value,
+// position) pairs when the backward needs the winners. B*H*W/w threads per pass instead of B*H.
 // atmospheric_light: one block per image, radix select on order keys (8-bit digits, shared
 // histogram), then an index-ordered pass with a block scan for the ties and a fixed-order sum
 // (deterministic). Launch plans: fastdehaze/grid.h (every grid 1-D, any B, H, W).
@@ -21,122 +23,61 @@ __device__ __forceinline__ M ident() {
   return IS_MAX ? -INFINITY : INFINITY;
 }
 
-// One line: vals[base + p*stride], p < n -> out (value, optional position).
-template <typename M, bool IS_MAX, bool ARG>
-__device__ void run_line(const M* vals, int64_t base, int64_t stride, int64_t n, int64_t r, M* hv, int32_t* ha,
-                         int64_t hbase, M* ov, int32_t* oa, int64_t obase, M omega, bool post) {
-  const int64_t w = 2 * r + 1;
-  M h = ident<M, IS_MAX>();
-  int32_t hpos = 0;
-  for (int64_t p = n - 1; p >= 0; --p) {
-    const M v = vals[base + p * stride];
-    const bool is_end = (p % w == w - 1) || (p == n - 1);
-    if (is_end || !dm::better<IS_MAX>(h, v)) {
-      h = v;
-      hpos = static_cast<int32_t>(p);
-    }
-    hv[hbase + p] = h;
-    if (ARG) ha[hbase + p] = hpos;
-  }
-  M g = ident<M, IS_MAX>();
-  int32_t gpos = 0;
-  for (int64_t p = 0; p < n + r; ++p) {
-    if (p < n) {
-      const M v = vals[base + p * stride];
-      if (p % w == 0 || dm::better<IS_MAX>(v, g)) {
-        g = v;
-        gpos = static_cast<int32_t>(p);
-      }
-    }
-    const int64_t x = p - r;
-    if (x < 0) continue;
-    const int64_t lo = dm::win_lo(x, r), hi = dm::win_hi(x, r, n);
-    const M hl = hv[hbase + lo];
-    const bool same = lo / w == hi / w;
-    const bool use_g = same ? (lo % w == 0) : dm::better<IS_MAX>(g, hl);
-    M o = use_g ? g : hl;
-    if (post) o = dm::transmission(o, omega);
-    ov[obase + x * stride] = o;
-    if (ARG) oa[obase + x * stride] = use_g ? gpos : ha[hbase + lo];
-  }
-}
-
+// Channel extremum (scaled by 1 / max(A, 1e-6) for transmission) and its lowest channel.
 template <typename T, bool IS_MAX, bool ARG>
-__global__ void rows_kernel(grid::Plan pl, const T* __restrict__ I, const opmath<T>* __restrict__ A, opmath<T>* pre, int32_t* chan,
-                            opmath<T>* hv, int32_t* ha, opmath<T>* rows, int32_t* rows_a, int64_t B, int64_t C,
-                            int64_t H, int64_t W, int64_t r) {
+__global__ void chan_kernel(grid::Plan pl, const T* __restrict__ I, const opmath<T>* __restrict__ A,
+                            opmath<T>* __restrict__ pre, int32_t* __restrict__ chan, int64_t C, int64_t HW) {
   using M = opmath<T>;
   for (FD_UNITS(pl, u)) {
-    const grid::Unit q = grid::unit_of(pl, u);
-    const int64_t b = q.o, y = q.i * blockDim.x + threadIdx.x, HW = H * W;
-    if (y >= H) continue;
-    const int64_t lane = b * H + y;
-    const T* Ib = I + b * C * HW + y * W;
-    for (int64_t x = 0; x < W; ++x) {
-      M v = load(Ib + x);
-      if (A) v *= dm::safe_inv_A(A[b * C]);
-      int32_t bc = 0;
-      for (int64_t c = 1; c < C; ++c) {
-        M vc = load(Ib + c * HW + x);
-        if (A) vc *= dm::safe_inv_A(A[b * C + c]);
-        if (dm::better<IS_MAX>(vc, v)) {
-          v = vc;
-          bc = static_cast<int32_t>(c);
-        }
+    const int64_t i = u * blockDim.x + threadIdx.x;
+    if (i >= pl.n) continue;
+    const int64_t b = i / HW;
+    const T* Ib = I + b * C * HW + (i - b * HW);
+    M v = load(Ib);
+    if (A) v *= dm::safe_inv_A(A[b * C]);
+    int32_t bc = 0;
+    for (int64_t c = 1; c < C; ++c) {
+      M vc = load(Ib + c * HW);
+      if (A) vc *= dm::safe_inv_A(A[b * C + c]);
+      if (dm::better<IS_MAX>(vc, v)) {
+        v = vc;
+        bc = static_cast<int32_t>(c);
       }
-      pre[lane * W + x] = v;
-      if (ARG) chan[lane * W + x] = bc;
     }
-    run_line<M, IS_MAX, ARG>(pre, lane * W, 1, W, r, hv, ha, lane * W, rows, rows_a, lane * W, M(0), false);
+    pre[i] = v;
+    if (ARG) chan[i] = bc;
   }
 }
 
-// Column pass: the same algorithm with the h scratch laid out like the image (coalesced across lanes).
+// Row pass: one thread per (row, task j) of dcp_math::window_task (tasks of a row on adjacent
+// threads: a warp reads a few consecutive cache lines per step).
 template <typename M, bool IS_MAX, bool ARG>
-__device__ __forceinline__ void cols_line(const M* rows, M* hv, int32_t* ha, M* out, int32_t* cols_a, int64_t base,
-                                          int64_t H, int64_t W, int64_t r, M omega, bool post) {
-  const int64_t w = 2 * r + 1;
-  M h = ident<M, IS_MAX>();
-  int32_t hpos = 0;
-  for (int64_t p = H - 1; p >= 0; --p) {
-    const M v = rows[base + p * W];
-    if ((p % w == w - 1) || (p == H - 1) || !dm::better<IS_MAX>(h, v)) {
-      h = v;
-      hpos = static_cast<int32_t>(p);
-    }
-    hv[base + p * W] = h;
-    if (ARG) ha[base + p * W] = hpos;
-  }
-  M g = ident<M, IS_MAX>();
-  int32_t gpos = 0;
-  for (int64_t p = 0; p < H + r; ++p) {
-    if (p < H) {
-      const M v = rows[base + p * W];
-      if (p % w == 0 || dm::better<IS_MAX>(v, g)) {
-        g = v;
-        gpos = static_cast<int32_t>(p);
-      }
-    }
-    const int64_t y = p - r;
-    if (y < 0) continue;
-    const int64_t lo = dm::win_lo(y, r), hi = dm::win_hi(y, r, H);
-    const M hl = hv[base + lo * W];
-    const bool use_g = (lo / w == hi / w) ? (lo % w == 0) : dm::better<IS_MAX>(g, hl);
-    M o = use_g ? g : hl;
-    if (post) o = dm::transmission(o, omega);
-    out[base + y * W] = o;
-    if (ARG) cols_a[base + y * W] = use_g ? gpos : ha[base + lo * W];
-  }
-}
-
-template <typename M, bool IS_MAX, bool ARG>
-__global__ void cols_kernel_strided(grid::Plan pl, const M* rows, M* hv, int32_t* ha, M* out, int32_t* cols_a, int64_t B, int64_t H,
-                                    int64_t W, int64_t r, M omega, bool post) {
+__global__ void rows_kernel(grid::Plan pl, const M* __restrict__ pre, M* hv, int32_t* ha, M* __restrict__ rows,
+                            int32_t* __restrict__ rows_a, int32_t W, int32_t r, int32_t nt) {
   for (FD_UNITS(pl, u)) {
-    const grid::Unit q = grid::unit_of(pl, u);
-    const int64_t x = q.i * blockDim.x + threadIdx.x;
-    if (x >= W) continue;
-    cols_line<M, IS_MAX, ARG>(rows, hv, ha, out, cols_a, q.o * H * W + x, H, W, r, omega, post);
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= pl.n) continue;
+    const int64_t line = e / nt, base = line * W;
+    dm::window_task<IS_MAX, ARG, M>(pre + base, 1, W, r, static_cast<int32_t>(e - line * nt), hv + base,
+                                    ARG ? ha + base : nullptr, rows + base, ARG ? rows_a + base : nullptr, false,
+                                    M(0), ident<M, IS_MAX>());
+  }
+}
+
+// Column pass: one thread per (image, task j, column x), adjacent threads on adjacent columns
+// (coalesced); the h scratch is laid out like the image.
+template <typename M, bool IS_MAX, bool ARG>
+__global__ void cols_kernel(grid::Plan pl, const M* __restrict__ rows, M* hv, int32_t* ha, M* __restrict__ out,
+                            int32_t* __restrict__ cols_a, int32_t H, int32_t W, int32_t r, int32_t nt, M omega,
+                            bool post) {
+  for (FD_UNITS(pl, u)) {
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= pl.n) continue;
+    const int64_t x = e % W, bj = e / W, b = bj / nt, j = bj - b * nt;
+    const int64_t base = b * static_cast<int64_t>(H) * W + x;
+    dm::window_task<IS_MAX, ARG, M>(rows + base, W, H, r, static_cast<int32_t>(j), hv + base,
+                                    ARG ? ha + base : nullptr, out + base, ARG ? cols_a + base : nullptr, post, omega,
+                                    ident<M, IS_MAX>());
   }
 }
 
@@ -286,18 +227,22 @@ void channel_window_cuda_launch(const T* I, const opmath<T>* A, double omega, bo
                                 cudaStream_t stream) {
   using M = opmath<T>;
   if (B == 0 || H == 0 || W == 0) return;
-  const int64_t r = patch / 2;
+  // r >= max(H, W) - 1 is a whole-line window: clamp (keeps w = 2r+1 in int32)
+  const int64_t r = patch / 2 < (H > W ? H : W) ? patch / 2 : (H > W ? H : W);
   const bool arg = rows_a != nullptr;
   const M om = static_cast<M>(omega);
   const bool post = A != nullptr;
   // the column pass writes compute-type values into `pre` (free by then), cast afterwards when out is T
   M* col_out = out_is_T ? pre : static_cast<M*>(out);
-  const grid::Plan prow = grid::dcp_rows(B, H), pcol = grid::dcp_cols(B, W);
+  const int32_t Hi = static_cast<int32_t>(H), Wi = static_cast<int32_t>(W), ri = static_cast<int32_t>(r);
+  const int32_t ntW = dm::line_tasks(Wi, ri), ntH = dm::line_tasks(Hi, ri);
+  const grid::Plan pch = grid::flat(B * H * W), prow = grid::flat(B * H * ntW), pcol = grid::flat(B * ntH * W);
 #define FD_LINES(MX, AR)                                                                                          \
-  rows_kernel<T, MX, AR><<<FD_GRID(prow), FD_BLOCK(prow), 0, stream>>>(prow, I, A, pre, chan, hv, ha, rows, rows_a, \
-                                                                       B, C, H, W, r);                            \
-  cols_kernel_strided<M, MX, AR><<<FD_GRID(pcol), FD_BLOCK(pcol), 0, stream>>>(pcol, rows, hv, ha, col_out, cols_a, \
-                                                                               B, H, W, r, om, post);
+  chan_kernel<T, MX, AR><<<FD_GRID(pch), FD_BLOCK(pch), 0, stream>>>(pch, I, A, pre, chan, C, H * W);              \
+  rows_kernel<M, MX, AR><<<FD_GRID(prow), FD_BLOCK(prow), 0, stream>>>(prow, pre, hv, ha, rows, rows_a, Wi, ri,     \
+                                                                       ntW);                                      \
+  cols_kernel<M, MX, AR><<<FD_GRID(pcol), FD_BLOCK(pcol), 0, stream>>>(pcol, rows, hv, ha, col_out, cols_a, Hi, Wi, \
+                                                                       ri, ntH, om, post);
   if (is_max) {
     if (arg) { FD_LINES(true, true) } else { FD_LINES(true, false) }
   } else {

@@ -5,8 +5,12 @@
 // defined in Python with the same schemas.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "fastdehaze/common.h"
@@ -44,6 +48,35 @@ at::Tensor dcp_gather_backward(const at::Tensor& grad, const at::Tensor& rows_a,
   return out;
 }
 
+// Host run of the CUDA forward's blocked line pass (dcp_math::window_task, the index logic of
+// csrc/cuda/dcp.cu rows_kernel / cols_kernel), tasks run last to first (they are independent):
+// vals [L, n] (lines = rows) or [n, L] (columns = lines, stride L) float64 -> (extremum over the
+// clipped window of radius patch/2, its position), both shaped like vals.
+std::tuple<at::Tensor, at::Tensor> dcp_window_tasks(const at::Tensor& vals, int64_t patch, bool is_max, bool columns) {
+  TORCH_CHECK(vals.dim() == 2 && vals.scalar_type() == at::kDouble, "fastdehaze::_dcp_window_tasks: vals must be 2-D float64");
+  TORCH_CHECK(patch > 0 && patch % 2 == 1, "fastdehaze::_dcp_window_tasks: patch must be a positive odd integer");
+  auto v = vals.contiguous();
+  auto out = at::empty_like(v), hv = at::empty_like(v);
+  auto pos = at::empty(v.sizes(), v.options().dtype(at::kInt)), ha = at::empty_like(pos);
+  const int64_t L = columns ? v.size(1) : v.size(0), n = columns ? v.size(0) : v.size(1);
+  if (L == 0 || n == 0) return {out, pos};
+  const int64_t s = columns ? L : 1, ls = columns ? 1 : n;
+  const int32_t r = static_cast<int32_t>(std::min<int64_t>(patch / 2, n)), ni = static_cast<int32_t>(n);
+  const double ident = is_max ? -INFINITY : INFINITY;
+  const double* vp = v.const_data_ptr<double>();
+  double *op = out.mutable_data_ptr<double>(), *hp = hv.mutable_data_ptr<double>();
+  int32_t *pp = pos.mutable_data_ptr<int32_t>(), *hap = ha.mutable_data_ptr<int32_t>();
+  for (int64_t l = 0; l < L; ++l)
+    for (int32_t j = fastdehaze::dcp_math::line_tasks(ni, r) - 1; j >= 0; --j) {
+      const int64_t o = l * ls;
+      if (is_max)
+        fastdehaze::dcp_math::window_task<true, true, double>(vp + o, s, ni, r, j, hp + o, hap + o, op + o, pp + o, false, 0.0, ident);
+      else
+        fastdehaze::dcp_math::window_task<false, true, double>(vp + o, s, ni, r, j, hp + o, hap + o, op + o, pp + o, false, 0.0, ident);
+    }
+  return {out, pos};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
@@ -62,10 +95,14 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // The whole DCP pipeline fused (CPU only): -> (J [B,C,H,W], t [B,1,H,W] (I's dtype), A [B,C]
   // compute dtype).
   // Test hook: the CUDA backward's gather run on the host (see dcp_gather_backward above).
+  m.def("_dcp_window_tasks(Tensor vals, int patch, bool is_max, bool columns) -> (Tensor, Tensor)");
   m.def("_dcp_gather_backward(Tensor grad, Tensor rows_a, Tensor cols_a, Tensor chan, int C, int patch) -> Tensor");
   m.def("dehaze_dcp(Tensor I, int patch, float omega, float top, int r, float eps, float t0) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) { m.impl("_dcp_gather_backward", &dcp_gather_backward); }
+TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
+  m.impl("_dcp_gather_backward", &dcp_gather_backward);
+  m.impl("_dcp_window_tasks", &dcp_window_tasks);
+}
 
 FD_PYTHON_MODULE(_C_dcp)

@@ -66,6 +66,69 @@ template <typename T> struct KeyOf;
 template <> struct KeyOf<float> { using type = uint32_t; };
 template <> struct KeyOf<double> { using type = uint64_t; };
 
+// ---- the blocked line pass of the CUDA kernels -----------------------------------------------
+// The running extremum above as independent tasks: task j of a line emits the outputs
+// x = p - r for p in [j w, min((j+1) w, n + r)), exactly as the sequential pass does at step p
+// (g restarts at j w, a block start). Its windows with lo in block j-1 need that block's h
+// (suffix) extrema: task j computes them itself (into hv/ha at block j-1's positions, which no
+// other task writes), so the tasks of a line need no synchronisation. Tasks with j w >= n (the
+// tail of the last block) start g at the whole last real block (= its h at the block start,
+// the same first position on ties). Element p of a line at vals[p * s] (likewise hv, ha, ov,
+// oa); int32 positions (n < 2^31).
+FD_HD int32_t line_tasks(int32_t n, int32_t r) { return (n + r + 2 * r) / (2 * r + 1); }
+
+template <bool IS_MAX, bool ARG, typename M>
+FD_HD void window_task(const M* vals, int64_t s, int32_t n, int32_t r, int32_t j, M* hv, int32_t* ha, M* ov,
+                       int32_t* oa, bool post, M omega, M ident) {
+  const int32_t w = 2 * r + 1, b0 = j * w;
+  M g = ident;
+  int32_t gpos = 0;
+  if (j > 0) {  // h of block j-1 = [b0 - w, min(b0, n) - 1]
+    const int32_t ps = b0 - w, pe = (b0 < n ? b0 : n) - 1;
+    M h = ident;
+    int32_t hpos = 0;
+    for (int32_t p = pe; p >= ps; --p) {
+      const M v = vals[p * s];
+      if (p == pe || !better<IS_MAX>(h, v)) {
+        h = v;
+        hpos = p;
+      }
+      hv[p * s] = h;
+      if (ARG) ha[p * s] = hpos;
+    }
+    if (b0 >= n) {
+      g = h;
+      gpos = hpos;
+    }
+  }
+  const int32_t pend = b0 + w < n + r ? b0 + w : n + r;
+  for (int32_t p = b0; p < pend; ++p) {
+    if (p < n) {
+      const M v = vals[p * s];
+      if (p == b0 || better<IS_MAX>(v, g)) {
+        g = v;
+        gpos = p;
+      }
+    }
+    const int32_t x = p - r;
+    if (x < 0) continue;
+    const int32_t lo = x - r < 0 ? 0 : x - r, hi = x + r > n - 1 ? n - 1 : x + r;
+    const bool same = lo / w == hi / w;
+    M o = g;
+    int32_t opos = gpos;
+    if (!(same && lo % w == 0)) {
+      const M hl = hv[lo * s];
+      if (same || !better<IS_MAX>(g, hl)) {
+        o = hl;
+        if (ARG) opos = ha[lo * s];
+      }
+    }
+    if (post) o = M(1) - omega * o;  // transmission() below
+    ov[x * s] = o;
+    if (ARG) oa[x * s] = opos;
+  }
+}
+
 // ---- backward as a gather (the CUDA kernels: deterministic, no atomics) ----------------------
 // The forward's winners, per image, row-major [H, W]: chan = lowest extremal channel of a pixel,
 // rows_a = column of the winner of a pixel's row window, cols_a = row of the winner of a pixel's

@@ -74,7 +74,6 @@ void visit(const Plan& p, F&& f) {
 // ---- the plans of the launchers, one per kernel family (names as in _launch_plan) ----------
 // threads per block, shared with the .cu files
 constexpr int64_t kAsmThreads = 256;
-constexpr int64_t kDcpLineThreads = 128;
 constexpr int64_t kDcpAtmoThreads = 1024;
 constexpr int64_t kElemThreads = 256;
 constexpr int64_t kBoxThreads = 256;
@@ -86,10 +85,8 @@ constexpr int64_t kReduceThreads = 256;
 inline Plan asm_pixels(int64_t B, int64_t HW) { return elems(B, HW, kAsmThreads); }
 // two-pass parameter gradients: one block per (b, c) summing the pixel blocks' partials.
 inline Plan param_reduce(int64_t BC) { return blocks(BC, 1, kReduceThreads); }
-// dcp: one thread per row (outer B, n = H) / column (outer B, n = W); atmospheric light one
-// 1024-thread block per image; element kernels (cast, scatter) flat.
-inline Plan dcp_rows(int64_t B, int64_t H) { return elems(B, H, kDcpLineThreads); }
-inline Plan dcp_cols(int64_t B, int64_t W) { return elems(B, W, kDcpLineThreads); }
+// dcp: element kernels flat (the line passes: one element per (line, task), see dcp.cu);
+// atmospheric light one 1024-thread block per image.
 inline Plan dcp_atmo(int64_t B) { return blocks(B, 1, kDcpAtmoThreads); }
 inline Plan flat(int64_t n) { return elems(1, n, kElemThreads); }
 // filters: box rows (outer = planes P, n = H lines), box columns (n = W), per-pixel kernels of

@@ -22,8 +22,6 @@ inline Plan plan_by_name(const std::string& k, const std::vector<int64_t>& s, in
   Plan p;
   if (k == "asm_pixels") need(2), p = asm_pixels(s[0], s[1]);
   else if (k == "param_reduce") need(1), p = param_reduce(s[0]);
-  else if (k == "dcp_rows") need(2), p = dcp_rows(s[0], s[1]);
-  else if (k == "dcp_cols") need(2), p = dcp_cols(s[0], s[1]);
   else if (k == "dcp_atmo") need(1), p = dcp_atmo(s[0]);
   else if (k == "flat") need(1), p = flat(s[0]);
   else if (k == "box_rows") need(2), p = box_rows(s[0], s[1]);
