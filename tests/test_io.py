@@ -146,3 +146,34 @@ def test_quantize_bad_args():
 def test_write_png_bad_args(tmp_path):
     with pytest.raises(ValueError, match="pixels"):
         fio.write_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.float32))
+
+
+def test_max_pixels_replaces_pillows_bomb_guard(tmp_path, monkeypatch):
+    """bug-case row 46: our one check (no raw DecompressionBombWarning / Error); the limit is named."""
+    import warnings
+    import PIL.Image
+    a = _rand((40, 40, 3), np.uint8)
+    b = _rand((50, 50, 3), np.uint8)
+    fio.write_png(tmp_path / "a.png", a)
+    fio.write_png(tmp_path / "b.png", b)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    assert fio.default_max_pixels() == 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # 1600 px > 1000: Pillow would warn
+        np.testing.assert_array_equal(fio.read_image(tmp_path / "a.png").pixels, a)
+    with pytest.raises(fio.ImageReadError, match=r"b.png: 50x50 = 2,500 pixels is above the limit of 2,000"):
+        fio.read_image(tmp_path / "b.png")
+    np.testing.assert_array_equal(fio.read_image(tmp_path / "b.png", max_pixels=0).pixels, b)
+    np.testing.assert_array_equal(fio.read_image(tmp_path / "b.png", max_pixels=2500).pixels, b)
+    with pytest.raises(fio.ImageReadError, match="limit of 1,599"):
+        fio.read_image(tmp_path / "a.png", max_pixels=1599)
+    with pytest.raises(ValueError, match="max_pixels"):
+        fio.read_image(tmp_path / "a.png", max_pixels=-1)
+    assert PIL.Image.MAX_IMAGE_PIXELS == 1000        # restored after each read
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", None)
+    assert fio.default_max_pixels() == 0
+    # a 16-bit colour PNG (OpenCV path) is checked before decoding too
+    pytest.importorskip("cv2")
+    fio.write_png(tmp_path / "c16.png", _rand((50, 50, 3), np.uint16))
+    with pytest.raises(fio.ImageReadError, match="above the limit"):
+        fio.read_image(tmp_path / "c16.png", max_pixels=100)
