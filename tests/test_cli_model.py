@@ -61,7 +61,9 @@ def _px(p):
 # ---- tiled == untiled ---------------------------------------------------------------------------
 
 def test_tiled_equals_untiled_tiny_model(tmp_path, model_file):
-    a = _hazy_u8(H=45, W=52, seed=3)
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(0, 1, 52)[None, :, None] * np.linspace(0.2, 1, 45)[:, None, None]   # tile means differ
+    a = np.round(np.clip(ramp * 0.8 + rng.random((45, 52, 3)) * 0.2, 0, 1) * 255).astype(np.uint8)
     _save(tmp_path / "x.png", a)
     # halo 12//2 + 1 = 7: tile 14 is the smallest allowed; 14 gives 4 x 4 tiles here
     assert _run(model_file, tmp_path / "x.png", "-o", tmp_path / "t", "--tile", "14") == 0
