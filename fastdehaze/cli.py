@@ -100,7 +100,8 @@ from a generator seeded with SHA-256(seed, image id), so an image gets the same 
 else is in the set.
 
 Output (RESIDE ITS layout): OUT/clear/<id>.png, OUT/hazy/<id>_<k>.png for k = 1..--per-image,
-and OUT/haze.csv with one row per hazy image: hazy, clear, A_r, A_g, A_b, beta, seed. <id> is
+and OUT/haze.csv with one row per hazy image: hazy, clear, A_r, A_g, A_b, beta, seed (rows of
+an earlier run into OUT are kept; rewritten images replace theirs). <id> is
 the clear file's stem with "_" replaced by "-" (so "<id>_<k>" splits at its first underscore);
 clashes get "-1", "-2", ... 8-bit clear images give 8-bit outputs, 16-bit give 16-bit. Writes
 are atomic and never replace an existing file without --overwrite. Exit status as dehaze.
@@ -886,10 +887,21 @@ def cmd_synth(args) -> int:
     if rows:
         import csv
         import io as _io
+        header = ["hazy", "clear", "A_r", "A_g", "A_b", "beta", "seed"]
+        merged = {}
+        if os.path.exists(csv_path):      # an earlier run into OUT: keep its rows, replace rewritten ones
+            try:
+                with open(csv_path, newline="") as f:
+                    r = csv.reader(f)
+                    if next(r, None) == header:
+                        merged = {row[0]: tuple(row) for row in r if len(row) == len(header)}
+            except OSError:
+                pass
+        merged.update({row[0]: row for row in rows})
         buf = _io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["hazy", "clear", "A_r", "A_g", "A_b", "beta", "seed"])
-        w.writerows(rows)
+        w.writerow(header)
+        w.writerows(merged[k] for k in sorted(merged))
         tmp = csv_path + ".tmp"
         try:
             with open(tmp, "w") as f:

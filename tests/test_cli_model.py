@@ -251,6 +251,19 @@ class _no_warning:
 
 # ---- usage errors -------------------------------------------------------------------------------
 
+def test_model_without_receptive_field_fails_per_file_when_tiling(tmp_path, capsys):
+    from test_model_files import NoConfig
+    p = tmp_path / "n.safetensors"
+    fnn.save_model(NoConfig(), p)
+    _save(tmp_path / "small.png", _hazy_u8(H=10, W=12))
+    _save(tmp_path / "big.png", _hazy_u8(H=40, W=41))
+    rc = cli.main(["dehaze", str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-o", str(tmp_path / "o"),
+                   "--model", str(p), "--trust-code", "-q", "--tile", "32"])
+    err = capsys.readouterr().err
+    assert rc == 1 and os.listdir(tmp_path / "o") == ["small.png"]
+    assert "declares no receptive_field" in err and "--tile 0" in err
+
+
 @pytest.mark.parametrize("extra, flag, text", [
     (["--patch", "5"], "--patch", "does not apply to --model"),
     (["--save-transmission"], "--save-transmission", "a model gives none"),
@@ -370,8 +383,13 @@ def test_synth_layout_csv_physics_seed(tmp_path, synthesis):
     assert (out2 / "hazy" / "room-a_2.png").read_bytes() == (out / "hazy" / "room-a_2.png").read_bytes()
     cli.main(["synth", str(clear), str(depth), "-o", str(tmp_path / "out3"), "--seed", "8", "-q"])
     assert (tmp_path / "out3" / "hazy" / "room-a_1.png").read_bytes() != (out / "hazy" / "room-a_1.png").read_bytes()
-    # no clobber
+    # no clobber; a later run into the same folder keeps the earlier rows
     assert cli.main(["synth", str(clear), str(depth), "-o", str(out), "--seed", "7", "-q"]) == 1
+    _save(clear / "c.png", _hazy_u8(H=6, W=8, seed=4))
+    _save(depth / "c.png", d[:6, :8, None])
+    os.remove(clear / "nodepth.png")
+    assert cli.main(["synth", str(clear / "c.png"), str(depth), "-o", str(out), "--seed", "7", "-q"]) == 0
+    assert len(_rows(out)) == 5 and os.path.join("hazy", "c_1.png") in {r["hazy"] for r in _rows(out)}
 
 
 def test_depth_from_disparity_rule():
