@@ -35,8 +35,8 @@ EXPECTED = {
     "param_reduce": lambda BC: (BC, 1, 0),
     "dcp_atmo": lambda B: (B, 1, 0),
     "flat": lambda n: (1, n, 1),
-    "box_rows": lambda P, H: (P, H, 1),
-    "box_cols": lambda P, W: (P, W, 1),
+    "box_rows": lambda lines, tasks: (1, lines * tasks, 1),
+    "box_cols": lambda plane_tasks, W: (1, plane_tasks * W, 1),
     "plane_pixels": lambda P, HW: (P, HW, 1),
     "patch_scores": lambda B, nH, tiles: (B * nH, tiles, 0),
     "patch_select": lambda B: (B, 2, 0),
@@ -54,7 +54,7 @@ LARGE = [
     ("param_reduce", [BC_MAX]),
     ("dcp_atmo", [65535 * 4]), ("flat", [65535 * 70000 * (70000 // 15 + 1)]),
     ("flat", [65535 * 512 * 70000]),
-    ("box_rows", [BC_MAX * 13, 70000]), ("box_cols", [BC_MAX * 4, 70000]), ("plane_pixels", [BC_MAX, 70000]),
+    ("box_rows", [BC_MAX * 13 * 70000, 70000 // 16 + 1]), ("box_cols", [BC_MAX * 4 * (70000 // 16 + 1), 70000]), ("plane_pixels", [BC_MAX, 70000]),
     ("patch_scores", [65535, 70000, 300]), ("patch_select", [65535 * 4]), ("patch_gather", [65535 * 512 * 64 * 64]),
     ("contrastive_blocks", [2**31 + 5]), ("contrastive_reduce", [16 * 161]),
     ("dd_chunks", [65535 * 4, 70000]), ("dd_images", [65535 * 4]), ("dd_pixels", [65535 * 4, 70000]),
@@ -139,7 +139,7 @@ def test_plan_kernel_coordinates():
 COVER = [
     ("asm_pixels", [65535, 70000], MAX_X), ("asm_pixels", [65535, 70000], 1000),
     ("plane_pixels", [BC_MAX, 1], MAX_X), ("plane_pixels", [BC_MAX, 1], 65535),
-    ("box_cols", [512, 70000], 3),
+    ("box_cols", [512, 70000], 3), ("box_rows", [65535 * 3 * 64, 5], 65535),
     ("param_reduce", [BC_MAX], MAX_X), ("patch_scores", [65535, 5, 3], 10000),
     ("dd_pixels", [65535, 70000], 123457), ("flat", [70000 * 70000], MAX_X),
 ]
@@ -292,3 +292,40 @@ def test_dcp_window_tasks_count():
     lines = np.arange(12.0)[None]
     v, p = OPS._dcp_window_tasks(torch.from_numpy(lines), 3, False, False)
     assert p.tolist() == [[0, 0] + list(range(1, 11))]
+
+
+# ---- box filter line passes of the CUDA backend: independent tasks of max(2r+1, 16) outputs
+# (filters_math.h box_task, the index logic of csrc/cuda/filters.cu box_line_kernel and
+# box_col_kernel), run on the host through fastdehaze::_box_line_tasks (tasks last to first).
+
+def _box_ref(x, r, adjoint):
+    import numpy as np
+    L, n = x.shape
+    cnt = np.array([min(n - 1, i + r) - max(0, i - r) + 1 for i in range(n)], np.float64)
+    out = np.empty_like(x)
+    for l in range(L):
+        for i in range(n):
+            lo, hi = max(0, i - r), min(n - 1, i + r)
+            win = x[l, lo:hi + 1]
+            if not np.all(np.isfinite(win)):
+                out[l, i] = np.nan
+            elif adjoint:
+                out[l, i] = np.sum(win / cnt[lo:hi + 1])
+            else:
+                out[l, i] = np.sum(win) / cnt[i]
+    return out
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("n,r", [(1, 1), (1, 0), (5, 0), (15, 1), (16, 1), (17, 1), (33, 2), (40, 9), (100, 7),
+                                 (7, 20), (257, 3)])
+def test_box_line_tasks_match_bruteforce(n, r, adjoint):
+    import numpy as np
+    gen = np.random.default_rng(n * 100 + r + adjoint)
+    x = gen.standard_normal((4, n))
+    x[1, gen.random(n) < 0.05] = np.nan
+    x[2, gen.random(n) < 0.05] = np.inf
+    got = OPS._box_line_tasks(torch.from_numpy(x), r, adjoint)
+    want = torch.from_numpy(_box_ref(x, r, adjoint))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.equal(got.isnan(), want.isnan())

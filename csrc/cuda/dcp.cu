@@ -150,9 +150,17 @@ __global__ void atmo_kernel(grid::Plan pl, const T* __restrict__ I, const T* __r
     for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
       for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
       __syncthreads();
-      for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-        const K key = dm::order_key(static_cast<M>(load(d + i)));
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFF], 1u);  // integer: exact
+      // warp-aggregated: the lanes with one digit add their count once (the keys of [0, 1]
+      // values fall in a few bins, so per-lane shared atomics would serialise 32-way)
+      for (int64_t start = 0; start < HW; start += blockDim.x) {
+        const int64_t i = start + threadIdx.x;
+        int bin = 256;  // none
+        if (i < HW) {
+          const K key = dm::order_key(static_cast<M>(load(d + i)));
+          if ((key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFF);
+        }
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
       }
       __syncthreads();
       if (threadIdx.x == 0) {

@@ -1,7 +1,8 @@
 // CUDA kernels of the box and guided filters (SPEC section 2).
-// Box filter: two passes, one thread per line with a float64 running sum (restarted per line,
-// O(1) per pixel): the row pass writes row means to a float64 scratch, the column pass (threads
-// on adjacent columns: coalesced) writes the box means. Non-finite values: counted in the
+// Box filter: two passes of filters_math::box_task, one thread per (line, task of
+// max(2r+1, 16) outputs) with a float64 running sum restarted per task (O(1) per pixel): the
+// row pass writes row means to a float64 scratch, the column pass (threads on adjacent columns:
+// coalesced) writes the box means. Non-finite values: counted in the
 // window, NaN output where the count is > 0 (same rule as the reference and the CPU kernel).
 // Guided filter: stats kernel (I, p, Ip, II ... per pixel) -> box of all stats planes ->
 // coefficient kernel (filters_math.h, shared with the CPU) -> box of a, b -> output kernel.
@@ -18,86 +19,67 @@ __device__ __forceinline__ double to_d(double v) { return v; }
 template <typename T>
 __device__ __forceinline__ double to_d(T v) { return static_cast<double>(load(&v)); }
 
-// One thread per line of length L (plan grid::box_rows: outer = plane o, line y < Q); element
-// i of line (o, y) at o * PS + y * QS + i * es.
-template <typename Tin, typename Tout>
-__device__ __forceinline__ void box_line(const Tin* __restrict__ x, Tout* __restrict__ out, int64_t base, int64_t L,
-                                         int64_t es, int64_t r, bool adjoint, bool normalise_out) {
-  auto val = [&](int64_t i, int& bad) -> double {
-    const double v = to_d(x[base + i * es]);
+// Row pass: one thread per (line, task) of filters_math::box_task (tasks of a line on adjacent
+// threads); line l = (o, y) starts at o * PS + y * QS (y < Q), element i at + i * es. Inputs
+// that are not finite count as bad; the double results go to the row scratch.
+template <typename Tin>
+struct RowGet {
+  const Tin* x;
+  int64_t es;
+  __device__ __forceinline__ double operator()(int64_t i, int& bad) const {
+    const double v = to_d(x[i * es]);
     bad = isfinite(v) ? 0 : 1;
-    if (bad) return 0.0;
-    return adjoint ? v / static_cast<double>(fm::box_count(i, L, r)) : v;
-  };
-  double acc = 0.0;
-  int cnt = 0, bd;
-  const int64_t e = r < L - 1 ? r : L - 1;
-  for (int64_t i = 0; i <= e; ++i) {
-    acc += val(i, bd);
-    cnt += bd;
+    return v;
   }
-  for (int64_t i = 0; i < L; ++i) {
-    double o = normalise_out ? acc / static_cast<double>(fm::box_count(i, L, r)) : acc;
-    if (cnt > 0) o = NAN;
-    out[base + i * es] = static_cast<Tout>(o);
-    if (i + r + 1 < L) {
-      acc += val(i + r + 1, bd);
-      cnt += bd;
-    }
-    if (i - r >= 0) {
-      acc -= val(i - r, bd);
-      cnt -= bd;
-    }
-  }
-}
+};
+template <typename Tout>
+struct RowPut {
+  Tout* out;
+  int64_t es;
+  __device__ __forceinline__ void operator()(int64_t i, double v) const { out[i * es] = static_cast<Tout>(v); }
+};
 
 template <typename Tin, typename Tout>
 __global__ void box_line_kernel(grid::Plan pl, const Tin* __restrict__ x, Tout* __restrict__ out, int64_t L, int64_t Q,
-                                int64_t PS, int64_t QS, int64_t es, int64_t r, bool adjoint, bool normalise_out) {
+                                int64_t PS, int64_t QS, int64_t es, int64_t r, int64_t nt, bool adjoint) {
   for (FD_UNITS(pl, u)) {
-    const grid::Unit q = grid::unit_of(pl, u);
-    const int64_t y = q.i * blockDim.x + threadIdx.x;
-    if (y >= Q) continue;
-    box_line<Tin, Tout>(x, out, q.o * PS + y * QS, L, es, r, adjoint, normalise_out);
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= pl.n) continue;
+    const int64_t line = e / nt, j = e - line * nt;
+    const int64_t base = (line / Q) * PS + (line % Q) * QS;
+    fm::box_task(RowGet<Tin>{x + base, es}, RowPut<Tout>{out + base, es}, L, r, j, adjoint);
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void put(T* p, double v) { store(p, static_cast<opmath<T>>(v)); }
-
-// Column pass (plan grid::box_cols: outer = plane, threads on adjacent columns: coalesced).
-template <typename T>
-__device__ __forceinline__ void box_col(const double* __restrict__ x, T* __restrict__ out, int64_t base, int64_t H,
-                                        int64_t W, int64_t r, bool adjoint) {
-  double acc = 0.0;
-  int cnt = 0;
-  auto add = [&](int64_t i, double sg) {
-    const double v = x[base + i * W];
-    if (v != v) {
-      cnt += sg > 0 ? 1 : -1;
-    } else {
-      acc += sg * (adjoint ? v / static_cast<double>(fm::box_count(i, H, r)) : v);
-    }
-  };
-  const int64_t e = r < H - 1 ? r : H - 1;
-  for (int64_t i = 0; i <= e; ++i) add(i, 1.0);
-  for (int64_t i = 0; i < H; ++i) {
-    double o = adjoint ? acc : acc / static_cast<double>(fm::box_count(i, H, r));
-    if (cnt > 0) o = NAN;
-    put(out + base + i * W, o);
-    if (i + r + 1 < H) add(i + r + 1, 1.0);
-    if (i - r >= 0) add(i - r, -1.0);
+// Column pass: one thread per (plane, task, column), adjacent threads on adjacent columns
+// (coalesced). Its input is the row pass's double scratch, where NaN marks a bad window.
+struct ColGet {
+  const double* x;
+  int64_t W;
+  __device__ __forceinline__ double operator()(int64_t i, int& bad) const {
+    const double v = x[i * W];
+    bad = v != v ? 1 : 0;
+    return v;
   }
-}
+};
+template <typename T>
+struct ColPut {
+  T* out;
+  int64_t W;
+  __device__ __forceinline__ void operator()(int64_t i, double v) const {
+    store(out + i * W, static_cast<opmath<T>>(v));
+  }
+};
 
 template <typename T>
 __global__ void box_col_kernel(grid::Plan pl, const double* __restrict__ x, T* __restrict__ out, int64_t H, int64_t W,
-                               int64_t r, bool adjoint) {
+                               int64_t r, int64_t nt, bool adjoint) {
   for (FD_UNITS(pl, u)) {
-    const grid::Unit q = grid::unit_of(pl, u);
-    const int64_t xx = q.i * blockDim.x + threadIdx.x;
-    if (xx >= W) continue;
-    box_col<T>(x, out, q.o * H * W + xx, H, W, r, adjoint);
+    const int64_t e = u * blockDim.x + threadIdx.x;
+    if (e >= pl.n) continue;
+    const int64_t xx = e % W, pj = e / W, p = pj / nt, j = pj - p * nt;
+    const int64_t base = p * H * W + xx;
+    fm::box_task(ColGet{x + base, W}, ColPut<T>{out + base, W}, H, r, j, adjoint);
   }
 }
 
@@ -105,10 +87,11 @@ template <typename T, typename U>
 void box_any(const T* x, U* out, double* tmp, int64_t P, int64_t H, int64_t W, int64_t r, bool adjoint,
              cudaStream_t stream) {
   // row pass -> float64 tmp; column pass -> out
-  const grid::Plan prow = grid::box_rows(P, H), pcol = grid::box_cols(P, W);
-  box_line_kernel<T, double><<<FD_GRID(prow), FD_BLOCK(prow), 0, stream>>>(prow, x, tmp, W, H, H * W, W, 1, r, adjoint,
-                                                                           !adjoint);
-  box_col_kernel<U><<<FD_GRID(pcol), FD_BLOCK(pcol), 0, stream>>>(pcol, tmp, out, H, W, r, adjoint);
+  const int64_t ntW = fm::box_tasks(W, r), ntH = fm::box_tasks(H, r);
+  const grid::Plan prow = grid::box_rows(P * H, ntW), pcol = grid::box_cols(P * ntH, W);
+  box_line_kernel<T, double><<<FD_GRID(prow), FD_BLOCK(prow), 0, stream>>>(prow, x, tmp, W, H, H * W, W, 1, r, ntW,
+                                                                           adjoint);
+  box_col_kernel<U><<<FD_GRID(pcol), FD_BLOCK(pcol), 0, stream>>>(pcol, tmp, out, H, W, r, ntH, adjoint);
 }
 
 template <typename T>

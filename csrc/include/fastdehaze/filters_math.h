@@ -2,6 +2,7 @@
 // csrc/cpu/filters.cpp and csrc/cuda/filters.cu. T is the compute ("opmath") type: float for
 // float/half/bfloat16 storage, double for double.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "fastdehaze/common.h"
@@ -14,6 +15,39 @@ FD_HD int64_t box_count(int64_t i, int64_t n, int64_t r) {
   const int64_t lo = i - r < 0 ? 0 : i - r;
   const int64_t hi = i + r > n - 1 ? n - 1 : i + r;
   return hi - lo + 1;
+}
+
+// ---- box line pass as independent tasks (the CUDA kernels) -----------------------------------
+// A line of L values cut into tasks of box_task_len(r) consecutive outputs; task j restarts the
+// window sum at its first output (a fresh sum of that clipped window, then slid: add i + r + 1,
+// drop i - r), so the tasks of a line need nothing from each other. get(i, bad) returns input i
+// (bad = 1, value ignored, for one the pass counts as non-finite), put(i, v) stores output i.
+// adjoint: inputs divided by their own window count (the transpose of the mean); otherwise the
+// outputs are divided by theirs. Any bad input in a window makes its output NaN.
+FD_HD int64_t box_task_len(int64_t r) { return 2 * r + 1 > 16 ? 2 * r + 1 : 16; }
+FD_HD int64_t box_tasks(int64_t L, int64_t r) { return (L + box_task_len(r) - 1) / box_task_len(r); }
+
+template <typename Get, typename Put>
+FD_HD void box_task(const Get& get, const Put& put, int64_t L, int64_t r, int64_t j, bool adjoint) {
+  const int64_t S = box_task_len(r), i0 = j * S, i1 = i0 + S < L ? i0 + S : L;
+  double acc = 0.0;
+  int64_t cnt = 0;
+  auto add = [&](int64_t i, double sg) {
+    int bad = 0;
+    const double v = get(i, bad);
+    if (bad) cnt += sg > 0 ? 1 : -1;
+    else acc += sg * (adjoint ? v / static_cast<double>(box_count(i, L, r)) : v);
+  };
+  const int64_t lo = i0 - r < 0 ? 0 : i0 - r, hi = i0 + r < L - 1 ? i0 + r : L - 1;
+  for (int64_t i = lo; i <= hi; ++i) add(i, 1.0);
+  for (int64_t i = i0; i < i1; ++i) {
+    double o = adjoint ? acc : acc / static_cast<double>(box_count(i, L, r));
+    if (cnt > 0) o = static_cast<double>(NAN);
+    put(i, o);
+    if (i + 1 >= i1) break;
+    if (i + r + 1 < L) add(i + r + 1, 1.0);
+    if (i - r >= 0) add(i - r, -1.0);
+  }
 }
 
 // Gray-guide coefficients of He et al. (TPAMI 2013, Alg. 1) from the box means of I, p, I*p,

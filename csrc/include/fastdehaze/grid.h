@@ -89,10 +89,11 @@ inline Plan param_reduce(int64_t BC) { return blocks(BC, 1, kReduceThreads); }
 // atmospheric light one 1024-thread block per image.
 inline Plan dcp_atmo(int64_t B) { return blocks(B, 1, kDcpAtmoThreads); }
 inline Plan flat(int64_t n) { return elems(1, n, kElemThreads); }
-// filters: box rows (outer = planes P, n = H lines), box columns (n = W), per-pixel kernels of
-// the guided filter (outer = B*C planes, n = HW).
-inline Plan box_rows(int64_t P, int64_t H) { return elems(P, H, kBoxThreads); }
-inline Plan box_cols(int64_t P, int64_t W) { return elems(P, W, kBoxThreads); }
+// filters: box rows (elements = (line, task): lines = planes x H, tasks per line), box columns
+// (elements = (plane, task, column): plane tasks x W), per-pixel kernels of the guided filter
+// (outer = B*C planes, n = HW).
+inline Plan box_rows(int64_t lines, int64_t tasks) { return elems(1, lines * tasks, kBoxThreads); }
+inline Plan box_cols(int64_t plane_tasks, int64_t W) { return elems(1, plane_tasks * W, kBoxThreads); }
 inline Plan plane_pixels(int64_t P, int64_t HW) { return elems(P, HW, kBoxThreads); }
 // patch: scores one block per (b * nH + patch row, tile); select one block per (b, order).
 inline Plan patch_scores(int64_t B, int64_t nH, int64_t tiles) { return blocks(B * nH, tiles, kPatchThreads); }
