@@ -463,3 +463,67 @@ def test_demo_reports_a_backend_that_fails_to_compile(tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert rc == 1 and "DCP cpu      failed: CompilationError" in out and "DCP reference PSNR" in out.replace("  ", " ")
     assert (tmp_path / "demo_astronaut.png").exists()
+
+
+# ---- bug-case rows 39 (16-bit PNG) and 40 (EXIF orientation), as the rows describe them ---------
+
+def test_bug_row_39_16bit_png_variants(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rgb = np.linspace(0, 65535, 32 * 32 * 3).reshape(32, 32, 3).astype(np.uint16)
+    cv2.imwrite(str(src / "g16.png"), rgb)                      # as the row writes it (BGR order on disk)
+    grey = rgb[:, :, :1]
+    fio.write_png(src / "grey16.png", grey)
+    alpha = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    fio.write_png(src / "rgba16.png", rgb, alpha)
+    assert _run(src, "-o", out) == 0
+    for name, px in (("g16.png", rgb[:, :, ::-1]), ("grey16.png", grey), ("rgba16.png", rgb)):
+        got = _read(out / name)
+        assert got.bits == 16 and got.pixels.shape == px.shape, name
+        # the loader gives [0, 1] values (divided by 65535, not 255) within 1/255 of the 8-bit picture
+        loaded = _read(src / name).pixels / 65535
+        assert loaded.max() <= 1 and np.abs(loaded - np.round(px / 257) / 255).max() <= 1 / 255, name
+        # the output is the DCP of the 16-bit values (not of 8-bit ones scaled up), not whited out
+        x = torch.from_numpy(np.ascontiguousarray(np.repeat(px, 3, 2) if px.shape[2] == 1 else px)).permute(2, 0, 1)[None].double() / 65535
+        want = ops.dehaze_dcp(x, **KW, backend="reference")[0, :got.pixels.shape[2]].permute(1, 2, 0).numpy()
+        assert np.abs(got.pixels / 65535 - want).max() <= 3 / 65535, name
+        assert (got.pixels < 65535).mean() > 0.5, name
+    np.testing.assert_array_equal(_read(out / "rgba16.png").alpha, alpha)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_bug_row_40_orientations_file_and_folder(tmp_path, orientation):
+    yy, xx = np.mgrid[0:20, 0:40]                        # 40 wide x 20 high as stored, smooth (JPEG-friendly)
+    a = np.stack([xx * 6, yy * 12, 255 - xx * 3 - yy * 4], 2).clip(0, 255).astype(np.uint8)
+    src = tmp_path / "in"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(src / "o.jpg", exif=exif, quality=100)
+    a16 = a.astype(np.uint16) * 257
+    fio.write_png(src / "o16.png", a16)
+    data = (src / "o16.png").read_bytes()                   # add an eXIf orientation chunk to the 16-bit PNG
+    import struct
+    import zlib
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    payload = ex.tobytes()
+    payload = payload[6:] if payload.startswith(b"Exif\0\0") else payload     # PNG eXIf: the TIFF data only
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    (src / "o16.png").write_bytes(data[:33] + chunk + data[33:])     # after IHDR
+    upright_shape = (20, 40) if orientation == 3 else (40, 20)
+    assert fio.read_image(src / "o16.png").pixels.shape[:2] == upright_shape
+    for inputs, out in (([src / "o.jpg", src / "o16.png"], tmp_path / "f"), ([src], tmp_path / "d")):
+        assert _run(*inputs, "-o", out) == 0
+        for name in ("o.png", "o16.png"):
+            got = _read(out / name)
+            assert got.pixels.shape[:2] == upright_shape, (name, got.pixels.shape)
+            with Image.open(out / name) as im:
+                assert im.getexif().get(0x0112) is None            # never both rotated and tagged
+        # the same picture whichever loader path (8-bit Pillow, 16-bit OpenCV) was taken
+        p8 = _read(out / "o.png").pixels.astype(int)
+        p16 = _read(out / "o16.png").pixels.astype(np.float64) / 257
+        assert np.abs(p8 - p16).max() <= 32              # JPEG (4:2:0 chroma) vs lossless, DCP-amplified
+        flipped = np.abs(p8 - p16[::-1, ::-1]).max()
+        assert flipped > 100                             # the check would see a wrong turn
