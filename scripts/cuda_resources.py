@@ -135,8 +135,10 @@ def compile_family(cu, nvcc, flags):
 
 def threads_of(name):
     """Block size of a kernel's launches (fastdehaze/grid.h plans, the fixed launches)."""
-    if name.startswith("atmo_kernel") or name.startswith("ddl_loss_kernel"):
+    if name.startswith(("atmo_take_kernel", "atmo_digit_kernel", "ddl_loss_kernel")):
         return 1024
+    if name.startswith("atmo_scan_kernel"):
+        return 32
     if name.startswith("contrastive_finalize_kernel"):
         return 32
     return 256

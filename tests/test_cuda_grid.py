@@ -34,6 +34,7 @@ EXPECTED = {
     "asm_pixels": lambda B, HW: (B, HW, 1),
     "param_reduce": lambda BC: (BC, 1, 0),
     "dcp_atmo": lambda B: (B, 1, 0),
+    "dcp_atmo_chunks": lambda B, HW: (B, (HW + 16383) // 16384, 0),
     "flat": lambda n: (1, n, 1),
     "box_rows": lambda lines, tasks: (1, lines * tasks, 1),
     "box_cols": lambda plane_tasks, W: (1, plane_tasks * W, 1),
@@ -52,7 +53,7 @@ BC_MAX = 65535 * 512
 LARGE = [
     ("asm_pixels", [65535, 70000]), ("asm_pixels", [65535, 1]), ("asm_pixels", [1, 70000 * 70000]),
     ("param_reduce", [BC_MAX]),
-    ("dcp_atmo", [65535 * 4]), ("flat", [65535 * 70000 * (70000 // 15 + 1)]),
+    ("dcp_atmo", [65535 * 4]), ("dcp_atmo_chunks", [65535 * 4, 70000 * 70000]), ("flat", [65535 * 70000 * (70000 // 15 + 1)]),
     ("flat", [65535 * 512 * 70000]),
     ("box_rows", [BC_MAX * 13 * 70000, 70000 // 16 + 1]), ("box_cols", [BC_MAX * 4 * (70000 // 16 + 1), 70000]), ("plane_pixels", [BC_MAX, 70000]),
     ("patch_scores", [65535, 70000, 300]), ("patch_select", [65535 * 4]), ("patch_gather", [65535 * 512 * 64 * 64]),
@@ -106,7 +107,7 @@ def check_visits(kernel, sizes, max_x):
 
 
 SMALL = [
-    ("asm_pixels", [3, 1000]), ("asm_pixels", [1, 1]), ("param_reduce", [7]), ("dcp_atmo", [5]), ("flat", [1025]), ("box_rows", [6, 257]), ("box_cols", [4, 17]),
+    ("asm_pixels", [3, 1000]), ("asm_pixels", [1, 1]), ("param_reduce", [7]), ("dcp_atmo", [5]), ("dcp_atmo_chunks", [3, 40000]), ("flat", [1025]), ("box_rows", [6, 257]), ("box_cols", [4, 17]),
     ("plane_pixels", [6, 513]), ("patch_scores", [2, 3, 4]), ("patch_select", [3]), ("patch_gather", [3000]),
     ("contrastive_blocks", [37]), ("contrastive_reduce", [9]), ("dd_chunks", [3, 5]), ("dd_images", [4]),
     ("dd_pixels", [2, 700]),
@@ -329,3 +330,34 @@ def test_box_line_tasks_match_bruteforce(n, r, adjoint):
     want = torch.from_numpy(_box_ref(x, r, adjoint))
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert torch.equal(got.isnan(), want.isnan())
+
+
+# ---- atmospheric light of the CUDA backend: multi-block radix select (dcp_math.h select_digit,
+# chunk histograms, tie ranks through chunk offsets: csrc/cuda/dcp.cu atmo_*_kernel), run on
+# the host through fastdehaze::_atmo_select.
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("HW,k", [(1, 1), (7, 3), (7, 20), (16384, 100), (40000, 1), (40000, 12000),
+                                  (40000, 39999), (50001, 25000)])
+def test_atmo_select_matches_stable_topk(HW, k, dtype):
+    import numpy as np
+    gen = np.random.default_rng(HW + k)
+    B = 2
+    dark = gen.choice(np.array([0.0, 0.25, 0.5, 1.0, -0.0, np.nan]), size=(B, HW), p=[.3, .2, .2, .2, .05, .05])
+    dark[1] = gen.random(HW)
+    d = torch.from_numpy(dark).to(dtype)
+    got = OPS._atmo_select(d, k)
+    want = torch.zeros(B, HW, dtype=torch.bool)
+    for b in range(B):
+        v = d[b].double().numpy()
+        key = np.where(np.isnan(v), np.inf, v)
+        key = np.where(key == 0, 0.0, key)  # -0.0 and 0.0: the order keys differ, +0 above -0
+        neg_zero = (v == 0) & np.signbit(v)
+        order = np.lexsort((np.arange(HW), neg_zero, -key, ~np.isnan(v)))  # NaN first, larger, +0 before -0, lower index
+        want[b, torch.from_numpy(order[:min(k, HW)].copy())] = True
+    assert torch.equal(got, want)
+    # and the CPU kernel's A is the mean over exactly these pixels
+    I = torch.rand(B, 2, 1, HW, dtype=torch.float64)
+    A = OPS.atmospheric_light(I, d.double().reshape(B, 1, 1, HW), k)
+    ref = torch.stack([I[b, :, 0, want[b]].mean(-1) for b in range(B)])
+    assert torch.allclose(A, ref, rtol=1e-12, atol=0)

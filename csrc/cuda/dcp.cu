@@ -4,9 +4,9 @@
 // positions): the channel extremum per pixel (chan_kernel), then one thread per (row, task),
 // then one per (task, column) (adjacent columns on adjacent threads: coalesced); (value,
 // position) pairs when the backward needs the winners. B*H*W/w threads per pass instead of B*H.
-// atmospheric_light: one block per image, radix select on order keys (8-bit digits, shared
-// histogram), then an index-ordered pass with a block scan for the ties and a fixed-order sum
-// (deterministic). Launch plans: fastdehaze/grid.h (every grid 1-D, any B, H, W).
+// atmospheric_light: a multi-block radix select on order keys (8-bit digits, chunk histograms
+// merged with integer atomics), then the ties ranked by flat index through chunk offsets and
+// fixed-order sums (deterministic; see atmo_hist_kernel). Launch plans: fastdehaze/grid.h (every grid 1-D, any B, H, W).
 // Backward: a gather, not a scatter (col_adjoint_kernel, row_adjoint_kernel: each gradient
 // element is one thread's sum over the window in a fixed order; deterministic, no atomics).
 #include "dcp.cuh"
@@ -127,73 +127,122 @@ __global__ void row_adjoint_kernel(grid::Plan pl, const opmath<T>* __restrict__ 
   }
 }
 
-// One block per image (plan grid::dcp_atmo). The sum of the k selected pixels per channel is
-// deterministic: each thread adds its own picks in index order (registers, kAtmoCh channels
-// per pass over the image), then the fixed-shape block tree of block_sum.
+// Multi-block top-k select (deterministic; dcp_math::select_digit): per 8-bit digit (4 for
+// float keys, 8 for double), atmo_hist_kernel builds each chunk's histogram of the keys under
+// the current prefix in shared memory (warp-aggregated adds) and adds it to the image's global
+// histogram (integer atomics: exact, order-free), then atmo_digit_kernel picks the digit. Then
+// the keys equal to the threshold are ranked by flat index: atmo_count_kernel counts them per
+// chunk, atmo_scan_kernel turns the counts into chunk offsets, and atmo_take_kernel ranks within
+// its chunk (ballots) and writes the chunk's per-channel sum of the taken pixels (thread order,
+// then the block tree); atmo_final_kernel sums the chunks in order and divides by k.
+// state[b] = (prefix, kk); hist [B, 256]; cnt [B, chunks]; part [B*C, chunks].
 constexpr int kAtmoCh = 4;
 
 template <typename T>
-__global__ void atmo_kernel(grid::Plan pl, const T* __restrict__ I, const T* __restrict__ dark, opmath<T>* A, int64_t C,
-                            int64_t HW, int64_t k) {
+__global__ void atmo_hist_kernel(grid::Plan pl, const T* __restrict__ dark, const long long* __restrict__ state,
+                                 unsigned int* __restrict__ hist, int64_t HW, int shift, bool first) {
   using M = opmath<T>;
   using K = typename dm::KeyOf<M>::type;
-  __shared__ unsigned int hist[256];
-  __shared__ K s_prefix;
-  __shared__ long long s_kk;
+  __shared__ unsigned int sh[256];
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const K prefix = first ? K(0) : static_cast<K>(state[2 * q.o]);
+    const K mask = shift + 8 >= static_cast<int>(sizeof(K) * 8) ? K(0) : ~K(0) << (shift + 8);
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) sh[i] = 0;
+    __syncthreads();
+    const int64_t i0 = q.i * dm::kAtmoChunk, i1 = i0 + dm::kAtmoChunk < HW ? i0 + dm::kAtmoChunk : HW;
+    for (int64_t start = i0; start < i1; start += blockDim.x) {
+      const int64_t i = start + threadIdx.x;
+      int bin = 256;
+      if (i < i1) {
+        const K key = dm::order_key(static_cast<M>(load(dark + q.o * HW + i)));
+        if ((key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFF);
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      if (bin < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&sh[bin], static_cast<unsigned>(__popc(peers)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x)
+      if (sh[i]) atomicAdd(hist + q.o * 256 + i, sh[i]);  // integer: exact
+  }
+}
+
+template <typename T>
+__global__ void atmo_digit_kernel(grid::Plan pl, long long* __restrict__ state, unsigned int* __restrict__ hist,
+                                  int shift, bool first, long long k) {
+  using K = typename dm::KeyOf<opmath<T>>::type;
+  for (FD_UNITS(pl, b)) {
+    if (threadIdx.x == 0) {
+      long long kk = first ? k : state[2 * b + 1];
+      const K prefix = first ? K(0) : static_cast<K>(state[2 * b]);
+      const int dg = dm::select_digit(hist + b * 256, kk);
+      state[2 * b] = static_cast<long long>(prefix | (static_cast<K>(dg) << shift));
+      state[2 * b + 1] = kk;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[b * 256 + i] = 0;  // for the next digit
+  }
+}
+
+template <typename T>
+__global__ void atmo_count_kernel(grid::Plan pl, const T* __restrict__ dark, const long long* __restrict__ state,
+                                  long long* __restrict__ cnt, int64_t HW) {
+  using M = opmath<T>;
+  using K = typename dm::KeyOf<M>::type;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const K thr = static_cast<K>(state[2 * q.o]);
+    const int64_t i0 = q.i * dm::kAtmoChunk, i1 = i0 + dm::kAtmoChunk < HW ? i0 + dm::kAtmoChunk : HW;
+    long long c = 0;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x)
+      c += dm::order_key(static_cast<M>(load(dark + q.o * HW + i))) == thr ? 1 : 0;
+    c = block_sum(c);
+    if (threadIdx.x == 0) cnt[u] = c;
+  }
+}
+
+__global__ void atmo_scan_kernel(grid::Plan pl, long long* __restrict__ cnt, int64_t nchunk) {
+  for (FD_UNITS(pl, b)) {
+    if (threadIdx.x == 0) {
+      long long run = 0;
+      for (int64_t j = 0; j < nchunk; ++j) {
+        const long long c = cnt[b * nchunk + j];
+        cnt[b * nchunk + j] = run;
+        run += c;
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void atmo_take_kernel(grid::Plan pl, const T* __restrict__ I, const T* __restrict__ dark,
+                                 const long long* __restrict__ state, const long long* __restrict__ off,
+                                 opmath<T>* __restrict__ part, int64_t C, int64_t HW) {
+  using M = opmath<T>;
+  using K = typename dm::KeyOf<M>::type;
   __shared__ int warp_cnt[32];
   __shared__ long long s_base;
-  for (FD_UNITS(pl, b)) {
-    __syncthreads();  // shared state of the previous image
-    const T* d = dark + b * HW;
-    K prefix = 0, mask = 0;
-    long long kk = k;
-    for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
-      for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-      __syncthreads();
-      // warp-aggregated: the lanes with one digit add their count once (the keys of [0, 1]
-      // values fall in a few bins, so per-lane shared atomics would serialise 32-way)
-      for (int64_t start = 0; start < HW; start += blockDim.x) {
-        const int64_t i = start + threadIdx.x;
-        int bin = 256;  // none
-        if (i < HW) {
-          const K key = dm::order_key(static_cast<M>(load(d + i)));
-          if ((key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFF);
-        }
-        const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
-      }
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        long long cum = 0;
-        int dg = 255;
-        for (; dg > 0; --dg) {
-          if (cum + hist[dg] >= kk) break;
-          cum += hist[dg];
-        }
-        s_kk = kk - cum;
-        s_prefix = prefix | (static_cast<K>(dg) << shift);
-      }
-      __syncthreads();
-      prefix = s_prefix;
-      kk = s_kk;
-      mask |= static_cast<K>(0xFF) << shift;
-      __syncthreads();
-    }
-    const K thr = prefix;
-    const long long need = kk;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  for (FD_UNITS(pl, u)) {
+    const grid::Unit q = grid::unit_of(pl, u);
+    const int64_t b = q.o, nchunk = pl.inner;
+    const K thr = static_cast<K>(state[2 * b]);
+    const long long need = state[2 * b + 1];
+    const int64_t i0 = q.i * dm::kAtmoChunk, i1 = i0 + dm::kAtmoChunk < HW ? i0 + dm::kAtmoChunk : HW;
     for (int64_t c0 = 0; c0 < C; c0 += kAtmoCh) {
       M acc[kAtmoCh];
 #pragma unroll
       for (int j = 0; j < kAtmoCh; ++j) acc[j] = M(0);
-      if (threadIdx.x == 0) s_base = 0;
       __syncthreads();
-      for (int64_t start = 0; start < HW; start += blockDim.x) {
+      if (threadIdx.x == 0) s_base = off[u];
+      __syncthreads();
+      for (int64_t start = i0; start < i1; start += blockDim.x) {
         const int64_t i = start + threadIdx.x;
         K key = 0;
         bool eq = false;
-        if (i < HW) {
-          key = dm::order_key(static_cast<M>(load(d + i)));
+        if (i < i1) {
+          key = dm::order_key(static_cast<M>(load(dark + b * HW + i)));
           eq = key == thr;
         }
         const unsigned bal = __ballot_sync(0xffffffffu, eq);
@@ -202,8 +251,7 @@ __global__ void atmo_kernel(grid::Plan pl, const T* __restrict__ I, const T* __r
         long long before = s_base;
         for (int wi = 0; wi < warp; ++wi) before += warp_cnt[wi];
         before += __popc(bal & ((1u << lane) - 1u));
-        const bool take = i < HW && (key > thr || (eq && before < need));
-        if (take) {
+        if (i < i1 && (key > thr || (eq && before < need))) {
 #pragma unroll
           for (int j = 0; j < kAtmoCh; ++j)
             if (c0 + j < C) acc[j] += static_cast<M>(load(I + (b * C + c0 + j) * HW + i));
@@ -219,12 +267,22 @@ __global__ void atmo_kernel(grid::Plan pl, const T* __restrict__ I, const T* __r
 #pragma unroll
       for (int j = 0; j < kAtmoCh; ++j) {
         const M sj = block_sum(acc[j]);
-        if (threadIdx.x == 0 && c0 + j < C) A[b * C + c0 + j] = sj / static_cast<M>(k);
+        if (threadIdx.x == 0 && c0 + j < C) part[(b * C + c0 + j) * nchunk + q.i] = sj;
       }
     }
   }
 }
 
+template <typename M>
+__global__ void atmo_final_kernel(grid::Plan pl, const M* __restrict__ part, M* __restrict__ A, int64_t nchunk,
+                                  long long k) {
+  for (FD_UNITS(pl, u)) {
+    M s = 0;
+    for (int64_t j = threadIdx.x; j < nchunk; j += blockDim.x) s += part[u * nchunk + j];
+    s = block_sum(s);
+    if (threadIdx.x == 0) A[u] = s / static_cast<M>(k);
+  }
+}
 
 }  // namespace
 
@@ -274,12 +332,36 @@ void channel_scatter_cuda_launch(const T* grad, const int32_t* rows_a, const int
   row_adjoint_kernel<T><<<FD_GRID(pp), FD_BLOCK(pp), 0, stream>>>(pp, acc, rows_a, chan, gI, C, H, W, r);
 }
 
+int64_t atmospheric_light_workspace_bytes(int64_t B, int64_t C, int64_t HW) {
+  const int64_t nchunk = grid::dcp_atmo_chunks(B, HW).inner;
+  return 8 * (2 * B + B * nchunk + B * C * nchunk) + 4 * 256 * B;
+}
+
 template <typename T>
 void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int64_t B, int64_t C, int64_t HW,
-                                   int64_t k, cudaStream_t stream) {
+                                   int64_t k, void* work, cudaStream_t stream) {
+  using M = opmath<T>;
+  using K = typename dm::KeyOf<M>::type;
   if (B == 0 || HW == 0) return;
-  const grid::Plan pl = grid::dcp_atmo(B);
-  atmo_kernel<T><<<FD_GRID(pl), FD_BLOCK(pl), 0, stream>>>(pl, I, dark, A, C, HW, k < HW ? k : HW);
+  const long long kk = k < HW ? k : HW;
+  const grid::Plan pch = grid::dcp_atmo_chunks(B, HW), pim = grid::dcp_atmo(B), pbc = grid::param_reduce(B * C);
+  const int64_t nchunk = pch.inner;
+  // workspace (zero-filled by the caller): state [B,2] | cnt [B,nchunk] | part [B*C,nchunk] (8-byte) | hist [B,256]
+  long long* state = static_cast<long long*>(work);
+  long long* cnt = state + 2 * B;
+  M* part = reinterpret_cast<M*>(cnt + B * nchunk);
+  unsigned int* hist = reinterpret_cast<unsigned int*>(reinterpret_cast<char*>(part) + 8 * B * C * nchunk);
+  for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
+    const bool first = shift == static_cast<int>(sizeof(K) * 8) - 8;
+    atmo_hist_kernel<T><<<FD_GRID(pch), FD_BLOCK(pch), 0, stream>>>(pch, dark, state, hist, HW, shift, first);
+    atmo_digit_kernel<T><<<FD_GRID(pim), FD_BLOCK(pim), 0, stream>>>(pim, state, hist, shift, first, kk);
+  }
+  atmo_count_kernel<T><<<FD_GRID(pch), FD_BLOCK(pch), 0, stream>>>(pch, dark, state, cnt, HW);
+  const grid::Plan psc = grid::blocks(B, 1, 32);
+  atmo_scan_kernel<<<FD_GRID(psc), FD_BLOCK(psc), 0, stream>>>(psc, cnt, nchunk);
+  const grid::Plan ptk = grid::blocks(B, nchunk, 1024);
+  atmo_take_kernel<T><<<FD_GRID(ptk), FD_BLOCK(ptk), 0, stream>>>(ptk, I, dark, state, cnt, part, C, HW);
+  atmo_final_kernel<M><<<FD_GRID(pbc), FD_BLOCK(pbc), 0, stream>>>(pbc, part, A, nchunk, kk);
 }
 
 #define FD_INSTANTIATE(T)                                                                                            \
@@ -289,7 +371,7 @@ void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int6
   template void channel_scatter_cuda_launch<T>(const T*, const int32_t*, const int32_t*, const int32_t*, opmath<T>*, \
                                                T*, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);       \
   template void atmospheric_light_cuda_launch<T>(const T*, const T*, opmath<T>*, int64_t, int64_t, int64_t, int64_t, \
-                                                 cudaStream_t);
+                                                 void*, cudaStream_t);
 FD_INSTANTIATE(float)
 FD_INSTANTIATE(double)
 FD_INSTANTIATE(__half)

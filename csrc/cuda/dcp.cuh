@@ -26,9 +26,11 @@ void channel_scatter_cuda_launch(const T* grad, const int32_t* rows_a, const int
                                  cudaStream_t stream);
 
 // A [B,C] (compute type) = mean of I over the k largest dark values (stable ties, NaN largest):
-// one block per image, radix select with 8-bit digits. A must be zero-filled.
+// multi-block radix select with 8-bit digits (deterministic). work: a zero-filled device buffer
+// of atmospheric_light_workspace_bytes(B, C, HW) bytes, 8-byte aligned.
+int64_t atmospheric_light_workspace_bytes(int64_t B, int64_t C, int64_t HW);
 template <typename T>
 void atmospheric_light_cuda_launch(const T* I, const T* dark, opmath<T>* A, int64_t B, int64_t C, int64_t HW,
-                                   int64_t k, cudaStream_t stream);
+                                   int64_t k, void* work, cudaStream_t stream);
 
 }  // namespace fastdehaze

@@ -107,10 +107,12 @@ at::Tensor atmospheric_light_cuda(const at::Tensor& I, const at::Tensor& dark, i
   auto A = at::zeros({B, C}, I.options().dtype(compute_type(I)));
   if (B == 0) return A;
   if (HW == 0) return A.fill_(std::numeric_limits<double>::quiet_NaN());
+  auto work = at::zeros({(atmospheric_light_workspace_bytes(B, C, HW) + 7) / 8}, I.options().dtype(at::kLong));
   auto stream = c10::cuda::getCurrentCUDAStream(I.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, I.scalar_type(), "atmospheric_light_cuda", [&] {
     using T = cuda_t<scalar_t>;
-    atmospheric_light_cuda_launch<T>(ptr<const T>(Ic), ptr<const T>(dc), ptr<opmath<T>>(A), B, C, HW, k, stream);
+    atmospheric_light_cuda_launch<T>(ptr<const T>(Ic), ptr<const T>(dc), ptr<opmath<T>>(A), B, C, HW, k,
+                                     work.data_ptr(), stream);
   });
   check_launch("atmospheric_light");
   return A;

@@ -77,6 +77,63 @@ std::tuple<at::Tensor, at::Tensor> dcp_window_tasks(const at::Tensor& vals, int6
   return {out, pos};
 }
 
+// Host run of the CUDA atmospheric light's multi-block selection (dcp_math::select_digit over
+// the merged chunk histograms, then the threshold ties ranked through per-chunk counts and
+// exclusive chunk offsets, as csrc/cuda/dcp.cu atmo_*_kernel do): dark [B, HW] float32 or
+// float64 -> the selected pixels [B, HW] bool (the k largest, stable ties, NaN largest).
+template <typename M>
+void atmo_select_image(const M* d, int64_t HW, long long k, bool* out) {
+  using K = typename fastdehaze::dcp_math::KeyOf<M>::type;
+  namespace dm = fastdehaze::dcp_math;
+  const int64_t nchunk = (HW + dm::kAtmoChunk - 1) / dm::kAtmoChunk;
+  K prefix = 0;
+  long long kk = k;
+  for (int shift = static_cast<int>(sizeof(K) * 8) - 8; shift >= 0; shift -= 8) {
+    const K mask = shift + 8 >= static_cast<int>(sizeof(K) * 8) ? K(0) : ~K(0) << (shift + 8);
+    std::vector<unsigned int> hist(256, 0);
+    for (int64_t c = 0; c < nchunk; ++c)  // chunk histograms, merged (order-free integer adds)
+      for (int64_t i = c * dm::kAtmoChunk; i < std::min<int64_t>(HW, (c + 1) * dm::kAtmoChunk); ++i) {
+        const K key = dm::order_key(d[i]);
+        if ((key & mask) == prefix) ++hist[(key >> shift) & 0xFF];
+      }
+    const int dg = dm::select_digit(hist.data(), kk);
+    prefix |= static_cast<K>(dg) << shift;
+  }
+  std::vector<long long> off(static_cast<size_t>(nchunk), 0);
+  long long run = 0;
+  for (int64_t c = 0; c < nchunk; ++c) {
+    off[c] = run;
+    for (int64_t i = c * dm::kAtmoChunk; i < std::min<int64_t>(HW, (c + 1) * dm::kAtmoChunk); ++i)
+      run += dm::order_key(d[i]) == prefix ? 1 : 0;
+  }
+  for (int64_t c = nchunk - 1; c >= 0; --c) {  // chunks in any order: each needs only its offset
+    long long before = off[c];
+    for (int64_t i = c * dm::kAtmoChunk; i < std::min<int64_t>(HW, (c + 1) * dm::kAtmoChunk); ++i) {
+      const K key = dm::order_key(d[i]);
+      const bool eq = key == prefix;
+      out[i] = key > prefix || (eq && before < kk);
+      before += eq ? 1 : 0;
+    }
+  }
+}
+
+at::Tensor atmo_select(const at::Tensor& dark, int64_t k) {
+  TORCH_CHECK(dark.dim() == 2 && (dark.scalar_type() == at::kDouble || dark.scalar_type() == at::kFloat),
+              "fastdehaze::_atmo_select: dark must be [B, HW] float32 or float64");
+  TORCH_CHECK(k >= 1, "fastdehaze::_atmo_select: k must be >= 1");
+  auto dc = dark.contiguous();
+  auto out = at::empty(dc.sizes(), dc.options().dtype(at::kBool));
+  const int64_t B = dc.size(0), HW = dc.size(1);
+  const long long kk = std::min<int64_t>(k, HW);
+  for (int64_t b = 0; b < B && HW > 0; ++b) {
+    if (dc.scalar_type() == at::kDouble)
+      atmo_select_image(dc.const_data_ptr<double>() + b * HW, HW, kk, out.mutable_data_ptr<bool>() + b * HW);
+    else
+      atmo_select_image(dc.const_data_ptr<float>() + b * HW, HW, kk, out.mutable_data_ptr<bool>() + b * HW);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
@@ -96,6 +153,7 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
   // compute dtype).
   // Test hook: the CUDA backward's gather run on the host (see dcp_gather_backward above).
   m.def("_dcp_window_tasks(Tensor vals, int patch, bool is_max, bool columns) -> (Tensor, Tensor)");
+  m.def("_atmo_select(Tensor dark, int k) -> Tensor");
   m.def("_dcp_gather_backward(Tensor grad, Tensor rows_a, Tensor cols_a, Tensor chan, int C, int patch) -> Tensor");
   m.def("dehaze_dcp(Tensor I, int patch, float omega, float top, int r, float eps, float t0) -> (Tensor, Tensor, Tensor)");
 }
@@ -103,6 +161,7 @@ TORCH_LIBRARY_FRAGMENT(fastdehaze, m) {
 TORCH_LIBRARY_IMPL(fastdehaze, CPU, m) {
   m.impl("_dcp_gather_backward", &dcp_gather_backward);
   m.impl("_dcp_window_tasks", &dcp_window_tasks);
+  m.impl("_atmo_select", &atmo_select);
 }
 
 FD_PYTHON_MODULE(_C_dcp)

@@ -129,6 +129,25 @@ FD_HD void window_task(const M* vals, int64_t s, int32_t n, int32_t r, int32_t j
   }
 }
 
+// ---- atmospheric light's radix select (CUDA, multi-block) -------------------------------------
+// One 8-bit digit step of the top-k selection: hist[256] counts the keys of the current prefix
+// by digit; the k-th largest key has the largest digit dg whose count from the top reaches kk.
+// Returns dg and sets kk to the rank left within it.
+template <typename C>
+FD_HD int select_digit(const C* hist, long long& kk) {
+  long long cum = 0;
+  int dg = 255;
+  for (; dg > 0; --dg) {
+    if (cum + static_cast<long long>(hist[dg]) >= kk) break;
+    cum += static_cast<long long>(hist[dg]);
+  }
+  kk -= cum;
+  return dg;
+}
+
+// Pixels per block of the multi-block atmospheric light kernels (also its tie-rank chunks).
+constexpr int64_t kAtmoChunk = 16384;
+
 // ---- backward as a gather (the CUDA kernels: deterministic, no atomics) ----------------------
 // The forward's winners, per image, row-major [H, W]: chan = lowest extremal channel of a pixel,
 // rows_a = column of the winner of a pixel's row window, cols_a = row of the winner of a pixel's

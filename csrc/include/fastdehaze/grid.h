@@ -86,8 +86,10 @@ inline Plan asm_pixels(int64_t B, int64_t HW) { return elems(B, HW, kAsmThreads)
 // two-pass parameter gradients: one block per (b, c) summing the pixel blocks' partials.
 inline Plan param_reduce(int64_t BC) { return blocks(BC, 1, kReduceThreads); }
 // dcp: element kernels flat (the line passes: one element per (line, task), see dcp.cu);
-// atmospheric light one 1024-thread block per image.
+// atmospheric light: per-image steps one block per image, the passes over the pixels chunked.
 inline Plan dcp_atmo(int64_t B) { return blocks(B, 1, kDcpAtmoThreads); }
+// atmospheric light, multi-block: one block per (image, chunk of 16384 pixels = dcp_math::kAtmoChunk)
+inline Plan dcp_atmo_chunks(int64_t B, int64_t HW) { return blocks(B, (HW + 16383) / 16384, 256); }
 inline Plan flat(int64_t n) { return elems(1, n, kElemThreads); }
 // filters: box rows (elements = (line, task): lines = planes x H, tasks per line), box columns
 // (elements = (plane, task, column): plane tasks x W), per-pixel kernels of the guided filter

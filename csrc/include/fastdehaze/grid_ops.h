@@ -23,6 +23,7 @@ inline Plan plan_by_name(const std::string& k, const std::vector<int64_t>& s, in
   if (k == "asm_pixels") need(2), p = asm_pixels(s[0], s[1]);
   else if (k == "param_reduce") need(1), p = param_reduce(s[0]);
   else if (k == "dcp_atmo") need(1), p = dcp_atmo(s[0]);
+  else if (k == "dcp_atmo_chunks") need(2), p = dcp_atmo_chunks(s[0], s[1]);
   else if (k == "flat") need(1), p = flat(s[0]);
   else if (k == "box_rows") need(2), p = box_rows(s[0], s[1]);
   else if (k == "box_cols") need(2), p = box_cols(s[0], s[1]);
