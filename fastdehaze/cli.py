@@ -134,7 +134,7 @@ def _add_run_args(p, backend_help="kernel backend (default auto: the fastest for
 def build_parser() -> argparse.ArgumentParser:
     from .io import IMAGE_EXTENSIONS
     parser = argparse.ArgumentParser(prog="fastdehaze", description="Single-image dehazing with fused kernels.")
-    sub = parser.add_subparsers(dest="command", metavar="{dehaze,synth,models,demo,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{dehaze,synth,models,demo,info,train,export,eval}")
     sub.required = True
 
     d = sub.add_parser("dehaze", help="dehaze photos with the dark channel prior or a model file",
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dcp_args(m)
 
     sub.add_parser("info", help="print which backends are built and loaded")
+    from .train.cli import add_commands as _add_train_commands  # train, export, eval (fastdehaze.train)
+    _add_train_commands(sub)
     return parser
 
 
@@ -226,6 +228,9 @@ def main(argv=None) -> int:
         return cmd_models(args)
     if args.command == "synth":
         return cmd_synth(args)
+    if args.command in ("train", "export", "eval"):
+        from .train.cli import run_command
+        return run_command(args)
     if "triton" in (getattr(args, "backend", None), *(getattr(args, "backends", None) or "").split(",")) \
             and _device_type(args.device) == "cpu":
         # The Triton kernels run on CPU tensors only under the interpreter (slow; for checking).
