@@ -434,3 +434,18 @@ def test_synth_usage_errors(tmp_path, synthesis, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["synth", str(tmp_path / "c"), str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
     assert e.value.code == 2 and "DEPTH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_model_image_autocast_and_channels_last_path(model_file, precision):
+    """The code path --precision / channels_last take on CUDA, run on the CPU (CPU autocast has
+    bf16): tiled equals untiled, and close to the float32 contiguous result."""
+    m = fnn.load_model(model_file, trust_code=True)
+    rng = np.random.default_rng(0)
+    img = fio.LoadedImage(rng.integers(0, 256, (40, 45, 3)).astype(np.uint8), None, 8)
+    ref = cli.model_image(img, m, tile=0, device="cpu")
+    whole = cli.model_image(img, m, tile=0, device="cpu", precision=precision, channels_last=True)
+    tiled = cli.model_image(img, m, tile=14, device="cpu", precision=precision, channels_last=True)
+    assert whole.shape == (40, 45, 3) and whole.dtype == np.uint8
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+    assert np.abs(whole.astype(int) - ref.astype(int)).max() <= (0 if precision == "fp32" else 8)
