@@ -76,7 +76,9 @@ def cmd_export(args) -> int:
         used = "ema"
     model.load_state_dict(strip_prefixes(weights))
     cfg = st.get("config", {})
-    meta = {"step": st["step"], "weights": used, "best_val_psnr": st.get("best_psnr"),
+    best = st.get("best_psnr")
+    meta = {"step": st["step"], "weights": used,
+            "best_val_psnr": best if best is not None and abs(best) != float("inf") else None,
             "losses": cfg.get("loss"), "data": cfg.get("data", {}).get("train"), "checkpoint": str(args.checkpoint)}
     save_model(model, args.output, metadata=meta)
     print(f"wrote {args.output} ({used} weights of step {st['step']})")

@@ -170,7 +170,9 @@ def validate(model, loader, device, cfg: Config, run_dir, step, autocast):
 
 def train(cfg: Config, resume: Optional[str] = None) -> dict:
     """Run (or continue) the job the config describes. Returns a summary dict
-    (``step``, ``stopped`` (interrupted), ``best_psnr``, ``last_loss``, ``checkpoint``, ``corrupt``)."""
+    (``step``, ``stopped`` (interrupted), ``best_psnr``, ``last_loss``, ``checkpoint``, ``corrupt``,
+    ``model`` (the trained module), ``ema``, ``seen`` (the sample indices this rank trained on),
+    ``rank``, ``world_size``)."""
     info = dist_.setup(cfg.run.device, cfg.run.pg_timeout_s)
     try:
         return _train(cfg, resume, info)
@@ -312,7 +314,7 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
 
     seen = set(corrupt)
     bar = _Progress(R.steps, step, master, R.log_every)
-    last_loss, stopped, last_path = float("nan"), False, None
+    last_loss, stopped, last_path, seen_idx = float("nan"), False, None, []
     if master and val_loader is not None and R.val_at_start and step == 0:
         do_val()
     trained.train()
@@ -333,6 +335,7 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                         (bar.write if master else print)(f"warning (rank {info.rank}): skipped {msg}")
                         if log is not None:
                             log.write({"event": "skipped", "step": step, "what": msg, "count": len(corrupt)})
+                seen_idx += batch["index"]
                 loss = _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params)
                 if ema is not None:
                     ema.update_parameters(model)
@@ -364,7 +367,8 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
     if info.enabled:
         torch.distributed.barrier()
     return {"step": step, "stopped": stopped, "best_psnr": best, "last_loss": last_loss,
-            "checkpoint": str(last_path) if last_path else None, "corrupt": corrupt}
+            "checkpoint": str(last_path) if last_path else None, "corrupt": corrupt, "model": model,
+            "ema": ema, "seen": seen_idx, "rank": info.rank, "world_size": info.world_size}
 
 
 def _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params):
