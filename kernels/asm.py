@@ -1,23 +1,26 @@
 """Triton kernels of the atmospheric scattering model ops (SPEC section 1).
 
-Grid = (pixel blocks, B); each program loops over the channels so that a broadcast t is read
-once per pixel. Parameters A/t0 arrive as [B, C] tensors of the compute dtype, which is also
+Grid = B x pixel blocks, folded into axis 0 (``kernels.image_block``); each program loops over
+the channels so that a broadcast t is read once per pixel. Gradients of the [B, C] parameters
+(A, beta, b) are written as one partial sum per program and summed by torch: no float atomics,
+the same bits on every run (deterministic). Parameters A/t0 arrive as [B, C] tensors of the compute dtype, which is also
 the dtype the kernels compute in (float32 for half inputs, float64 for float64).
 """
 import torch
 import triton
 import triton.language as tl
 
-from . import block_size
+from . import block_size, image_block, join_f64, split_f64
 
 
 @triton.jit
-def _recover_kernel(I_ptr, t_ptr, A_ptr, t0_ptr, J_ptr, C, HW, lo, hi,
+def _recover_kernel(I_ptr, t_ptr, A_ptr, t0_ptr, J_ptr, C, HW, nblk, lo_hi, lo_lo, hi_hi, hi_lo,
                     T_PER_CHANNEL: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
+    lo = join_f64(lo_hi, lo_lo, tl.zeros([BLOCK], dtype=cdt))
+    hi = join_f64(hi_hi, hi_lo, tl.zeros([BLOCK], dtype=cdt))
     tv = tl.load(t_ptr + b * HW + p, mask=m, other=1.0).to(cdt)
     for c in range(C):
         if T_PER_CHANNEL:
@@ -34,14 +37,15 @@ def _recover_kernel(I_ptr, t_ptr, A_ptr, t0_ptr, J_ptr, C, HW, lo, hi,
 
 
 @triton.jit
-def _recover_backward_kernel(g_ptr, I_ptr, t_ptr, A_ptr, t0_ptr, gI_ptr, gt_ptr, gA_ptr, C, HW, lo, hi,
+def _recover_backward_kernel(g_ptr, I_ptr, t_ptr, A_ptr, t0_ptr, gI_ptr, gt_ptr, gA_ptr, C, HW, nblk, lo_hi, lo_lo, hi_hi, hi_lo,
                              T_PER_CHANNEL: tl.constexpr, CLAMP: tl.constexpr, NEEDS_I: tl.constexpr,
                              NEEDS_T: tl.constexpr, NEEDS_A: tl.constexpr, BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     acc_t = tl.zeros([BLOCK], dtype=cdt)
+    lo = join_f64(lo_hi, lo_lo, acc_t)
+    hi = join_f64(hi_hi, hi_lo, acc_t)
     tv = tl.load(t_ptr + b * HW + p, mask=m, other=1.0).to(cdt)
     for c in range(C):
         if T_PER_CHANNEL:
@@ -66,7 +70,7 @@ def _recover_backward_kernel(g_ptr, I_ptr, t_ptr, A_ptr, t0_ptr, gI_ptr, gt_ptr,
             acc_t += dt
         if NEEDS_A:
             sA = tl.sum(tl.where(m, g * (1.0 - inv), 0.0), axis=0)
-            tl.atomic_add(gA_ptr + b * C + c, sA)
+            tl.store(gA_ptr + (b * C + c) * nblk + blk, sA)  # per-block partial: summed in order by torch
     if NEEDS_T and not T_PER_CHANNEL:
         tl.store(gt_ptr + b * HW + p, acc_t.to(gt_ptr.dtype.element_ty), mask=m)
 
@@ -80,8 +84,9 @@ def recover(I, t, A, t0, lo, hi, clamp):
     if J.numel() == 0:
         return J
     BLOCK = block_size(HW)
-    _recover_kernel[(triton.cdiv(HW, BLOCK), B)](I, t, A.contiguous(), t0.contiguous(), J, C, HW, lo, hi,
-                                                 T_PER_CHANNEL=t.shape[1] != 1, CLAMP=clamp, BLOCK=BLOCK)
+    nblk = triton.cdiv(HW, BLOCK)
+    _recover_kernel[(nblk * B,)](I, t, A.contiguous(), t0.contiguous(), J, C, HW, nblk, *split_f64(lo),
+                                 *split_f64(hi), T_PER_CHANNEL=t.shape[1] != 1, CLAMP=clamp, BLOCK=BLOCK)
     return J
 
 
@@ -95,11 +100,13 @@ def recover_backward(grad, I, t, A, t0, lo, hi, clamp, needs_I, needs_t, needs_A
     if I.numel() == 0 or not (needs_I or needs_t or needs_A):
         return gI, gt, gA
     BLOCK = block_size(HW)
-    _recover_backward_kernel[(triton.cdiv(HW, BLOCK), B)](
-        grad, I, t, A.contiguous(), t0.contiguous(), gI if needs_I else I, gt if needs_t else t, gA if needs_A else A,
-        C, HW, lo, hi, T_PER_CHANNEL=t.shape[1] != 1, CLAMP=clamp, NEEDS_I=needs_I, NEEDS_T=needs_t,
-        NEEDS_A=needs_A, BLOCK=BLOCK)
-    return gI, gt, gA
+    nblk = triton.cdiv(HW, BLOCK)
+    pA = _partials(A, B, C, nblk, needs_A)
+    _recover_backward_kernel[(nblk * B,)](
+        grad, I, t, A.contiguous(), t0.contiguous(), gI if needs_I else I, gt if needs_t else t, pA,
+        C, HW, nblk, *split_f64(lo), *split_f64(hi), T_PER_CHANNEL=t.shape[1] != 1, CLAMP=clamp, NEEDS_I=needs_I,
+        NEEDS_T=needs_t, NEEDS_A=needs_A, BLOCK=BLOCK)
+    return gI, gt, _summed(pA, gA, needs_A)
 
 
 # ---- synthesize_haze, transmission_from_depth, recompose_k ------------------------------------
@@ -108,10 +115,9 @@ def recover_backward(grad, I, t, A, t0, lo, hi, clamp, needs_I, needs_t, needs_A
 # in the compute dtype.
 
 @triton.jit
-def _synthesize_kernel(J_ptr, t_ptr, A_ptr, I_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+def _synthesize_kernel(J_ptr, t_ptr, A_ptr, I_ptr, C, HW, nblk, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     tv = tl.load(t_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
     for c in range(C):
@@ -124,12 +130,11 @@ def _synthesize_kernel(J_ptr, t_ptr, A_ptr, I_ptr, C, HW, MAP_PER_CHANNEL: tl.co
 
 
 @triton.jit
-def _synthesize_backward_kernel(g_ptr, J_ptr, t_ptr, A_ptr, gJ_ptr, gt_ptr, gA_ptr, C, HW,
+def _synthesize_backward_kernel(g_ptr, J_ptr, t_ptr, A_ptr, gJ_ptr, gt_ptr, gA_ptr, C, HW, nblk,
                                 MAP_PER_CHANNEL: tl.constexpr, NEEDS_J: tl.constexpr, NEEDS_T: tl.constexpr,
                                 NEEDS_A: tl.constexpr, BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     acc = tl.zeros([BLOCK], dtype=cdt)
     tv = tl.load(t_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
@@ -149,16 +154,15 @@ def _synthesize_backward_kernel(g_ptr, J_ptr, t_ptr, A_ptr, gJ_ptr, gt_ptr, gA_p
         else:
             acc += dt
         if NEEDS_A:
-            tl.atomic_add(gA_ptr + b * C + c, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
+            tl.store(gA_ptr + (b * C + c) * nblk + blk, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
     if NEEDS_T and not MAP_PER_CHANNEL:
         tl.store(gt_ptr + b * HW + p, acc.to(gt_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _transmission_kernel(d_ptr, beta_ptr, t_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+def _transmission_kernel(d_ptr, beta_ptr, t_ptr, C, HW, nblk, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     cdt = beta_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
     for c in range(C):
@@ -169,11 +173,10 @@ def _transmission_kernel(d_ptr, beta_ptr, t_ptr, C, HW, MAP_PER_CHANNEL: tl.cons
 
 
 @triton.jit
-def _transmission_backward_kernel(g_ptr, d_ptr, beta_ptr, gd_ptr, gb_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr,
+def _transmission_backward_kernel(g_ptr, d_ptr, beta_ptr, gd_ptr, gb_ptr, C, HW, nblk, MAP_PER_CHANNEL: tl.constexpr,
                                   NEEDS_D: tl.constexpr, NEEDS_BETA: tl.constexpr, BLOCK: tl.constexpr):
     cdt = beta_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     acc = tl.zeros([BLOCK], dtype=cdt)
     dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
@@ -190,16 +193,15 @@ def _transmission_backward_kernel(g_ptr, d_ptr, beta_ptr, gd_ptr, gb_ptr, C, HW,
         else:
             acc += dd
         if NEEDS_BETA:
-            tl.atomic_add(gb_ptr + b * C + c, tl.sum(tl.where(m, -dv * gt, 0.0), axis=0))
+            tl.store(gb_ptr + (b * C + c) * nblk + blk, tl.sum(tl.where(m, -dv * gt, 0.0), axis=0))
     if NEEDS_D and not MAP_PER_CHANNEL:
         tl.store(gd_ptr + b * HW + p, acc.to(gd_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _recompose_k_kernel(I_ptr, K_ptr, b_ptr, J_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+def _recompose_k_kernel(I_ptr, K_ptr, b_ptr, J_ptr, C, HW, nblk, MAP_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
     cdt = b_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     kv = tl.load(K_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
     for c in range(C):
@@ -212,12 +214,11 @@ def _recompose_k_kernel(I_ptr, K_ptr, b_ptr, J_ptr, C, HW, MAP_PER_CHANNEL: tl.c
 
 
 @triton.jit
-def _recompose_k_backward_kernel(g_ptr, I_ptr, K_ptr, b_ptr, gI_ptr, gK_ptr, gb_ptr, C, HW,
+def _recompose_k_backward_kernel(g_ptr, I_ptr, K_ptr, b_ptr, gI_ptr, gK_ptr, gb_ptr, C, HW, nblk,
                                  MAP_PER_CHANNEL: tl.constexpr, NEEDS_I: tl.constexpr, NEEDS_K: tl.constexpr,
                                  NEEDS_B: tl.constexpr, BLOCK: tl.constexpr):
     cdt = b_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     acc = tl.zeros([BLOCK], dtype=cdt)
     kv = tl.load(K_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
@@ -236,7 +237,7 @@ def _recompose_k_backward_kernel(g_ptr, I_ptr, K_ptr, b_ptr, gI_ptr, gK_ptr, gb_
         else:
             acc += dk
         if NEEDS_B:
-            tl.atomic_add(gb_ptr + b * C + c, tl.sum(g, axis=0))  # masked lanes loaded 0
+            tl.store(gb_ptr + (b * C + c) * nblk + blk, tl.sum(g, axis=0))  # masked lanes loaded 0
     if NEEDS_K and not MAP_PER_CHANNEL:
         tl.store(gK_ptr + b * HW + p, acc.to(gK_ptr.dtype.element_ty), mask=m)
 
@@ -249,6 +250,17 @@ def _grad_param(P, B, C, needed):
     return torch.zeros((B, C), dtype=P.dtype, device=P.device) if needed else P.new_empty(0)
 
 
+def _partials(P, B, C, nblk, needed):
+    """[B, C, nblk] per-block partial sums of a [B, C] parameter's gradient (every program writes
+    its slot: no zeroing, no float atomics), or P itself as an unused pointer."""
+    return torch.empty((B, C, nblk), dtype=P.dtype, device=P.device) if needed else P
+
+
+def _summed(part, g, needed):
+    """The [B, C] gradient: the partials summed by torch in a fixed order (deterministic)."""
+    return part.sum(dim=2) if needed else g
+
+
 def _map_forward(kernel, x, m, P):
     """out [B,C,H,W] = kernel(x, m, P) for an image x, a map m [B,1|C,H,W] and P [B,C]."""
     x, m = x.contiguous(), m.contiguous()
@@ -257,8 +269,8 @@ def _map_forward(kernel, x, m, P):
     if out.numel() == 0:
         return out
     BLOCK = block_size(H * W)
-    kernel[(triton.cdiv(H * W, BLOCK), B)](x, m, P.contiguous(), out, C, H * W,
-                                           MAP_PER_CHANNEL=m.shape[1] != 1, BLOCK=BLOCK)
+    nblk = triton.cdiv(H * W, BLOCK)
+    kernel[(nblk * B,)](x, m, P.contiguous(), out, C, H * W, nblk, MAP_PER_CHANNEL=m.shape[1] != 1, BLOCK=BLOCK)
     return out
 
 
@@ -273,10 +285,12 @@ def _map_backward(kernel, grad, x, m, P, needs_x, needs_m, needs_P):
             gm.zero_()
         return gx, gm, gP
     BLOCK = block_size(H * W)
-    kernel[(triton.cdiv(H * W, BLOCK), B)](
-        grad, x, m, P.contiguous(), gx if needs_x else x, gm if needs_m else m, gP if needs_P else P, C, H * W,
+    nblk = triton.cdiv(H * W, BLOCK)
+    pP = _partials(P, B, C, nblk, needs_P)
+    kernel[(nblk * B,)](
+        grad, x, m, P.contiguous(), gx if needs_x else x, gm if needs_m else m, pP, C, H * W, nblk,
         m.shape[1] != 1, needs_x, needs_m, needs_P, BLOCK=BLOCK)
-    return gx, gm, gP
+    return gx, gm, _summed(pP, gP, needs_P)
 
 
 def synthesize_haze(J, t, A):
@@ -297,8 +311,9 @@ def transmission_from_depth(depth, beta):
     if t.numel() == 0:
         return t
     BLOCK = block_size(H * W)
-    _transmission_kernel[(triton.cdiv(H * W, BLOCK), B)](depth, beta.contiguous(), t, C, H * W,
-                                                         MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
+    nblk = triton.cdiv(H * W, BLOCK)
+    _transmission_kernel[(nblk * B,)](depth, beta.contiguous(), t, C, H * W, nblk,
+                                      MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
     return t
 
 
@@ -312,10 +327,12 @@ def transmission_from_depth_backward(grad, depth, beta, needs_depth, needs_beta)
             gd.zero_()
         return gd, gb
     BLOCK = block_size(H * W)
-    _transmission_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
-        grad, depth, beta.contiguous(), gd if needs_depth else depth, gb if needs_beta else beta, C, H * W,
+    nblk = triton.cdiv(H * W, BLOCK)
+    pb = _partials(beta, B, C, nblk, needs_beta)
+    _transmission_backward_kernel[(nblk * B,)](
+        grad, depth, beta.contiguous(), gd if needs_depth else depth, pb, C, H * W, nblk,
         MAP_PER_CHANNEL=depth.shape[1] != 1, NEEDS_D=needs_depth, NEEDS_BETA=needs_beta, BLOCK=BLOCK)
-    return gd, gb
+    return gd, _summed(pb, gb, needs_beta)
 
 
 def recompose_k(I, K, b):
@@ -330,11 +347,10 @@ def recompose_k_backward(grad, I, K, b, needs_I, needs_K, needs_b):
 # ---- synthesize_haze from depth, one pass ------------------------------------------------------
 
 @triton.jit
-def _synthesize_depth_kernel(J_ptr, d_ptr, A_ptr, beta_ptr, I_ptr, C, HW, MAP_PER_CHANNEL: tl.constexpr,
+def _synthesize_depth_kernel(J_ptr, d_ptr, A_ptr, beta_ptr, I_ptr, C, HW, nblk, MAP_PER_CHANNEL: tl.constexpr,
                              BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
     for c in range(C):
@@ -348,12 +364,11 @@ def _synthesize_depth_kernel(J_ptr, d_ptr, A_ptr, beta_ptr, I_ptr, C, HW, MAP_PE
 
 
 @triton.jit
-def _synthesize_depth_backward_kernel(g_ptr, J_ptr, d_ptr, A_ptr, beta_ptr, gJ_ptr, gd_ptr, gA_ptr, gb_ptr, C, HW,
+def _synthesize_depth_backward_kernel(g_ptr, J_ptr, d_ptr, A_ptr, beta_ptr, gJ_ptr, gd_ptr, gA_ptr, gb_ptr, C, HW, nblk,
                                       MAP_PER_CHANNEL: tl.constexpr, NEEDS_J: tl.constexpr, NEEDS_D: tl.constexpr,
                                       NEEDS_A: tl.constexpr, NEEDS_BETA: tl.constexpr, BLOCK: tl.constexpr):
     cdt = A_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     acc = tl.zeros([BLOCK], dtype=cdt)
     dv = tl.load(d_ptr + b * HW + p, mask=m, other=0.0).to(cdt)
@@ -376,9 +391,9 @@ def _synthesize_depth_backward_kernel(g_ptr, J_ptr, d_ptr, A_ptr, beta_ptr, gJ_p
         else:
             acc += dd
         if NEEDS_A:
-            tl.atomic_add(gA_ptr + b * C + c, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
+            tl.store(gA_ptr + (b * C + c) * nblk + blk, tl.sum(tl.where(m, g * (1.0 - tv), 0.0), axis=0))
         if NEEDS_BETA:
-            tl.atomic_add(gb_ptr + b * C + c, tl.sum(tl.where(m, -dv * tv * gt, 0.0), axis=0))
+            tl.store(gb_ptr + (b * C + c) * nblk + blk, tl.sum(tl.where(m, -dv * tv * gt, 0.0), axis=0))
     if NEEDS_D and not MAP_PER_CHANNEL:
         tl.store(gd_ptr + b * HW + p, acc.to(gd_ptr.dtype.element_ty), mask=m)
 
@@ -391,8 +406,9 @@ def synthesize_haze_depth(J, depth, A, beta):
     if I.numel() == 0:
         return I
     BLOCK = block_size(H * W)
-    _synthesize_depth_kernel[(triton.cdiv(H * W, BLOCK), B)](J, depth, A.contiguous(), beta.contiguous(), I, C, H * W,
-                                                             MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
+    nblk = triton.cdiv(H * W, BLOCK)
+    _synthesize_depth_kernel[(nblk * B,)](J, depth, A.contiguous(), beta.contiguous(), I, C, H * W, nblk,
+                                          MAP_PER_CHANNEL=depth.shape[1] != 1, BLOCK=BLOCK)
     return I
 
 
@@ -406,8 +422,10 @@ def synthesize_haze_depth_backward(grad, J, depth, A, beta, needs_J, needs_depth
             gd.zero_()
         return gJ, gd, gA, gb
     BLOCK = block_size(H * W)
-    _synthesize_depth_backward_kernel[(triton.cdiv(H * W, BLOCK), B)](
+    nblk = triton.cdiv(H * W, BLOCK)
+    pA, pb = _partials(A, B, C, nblk, needs_A), _partials(beta, B, C, nblk, needs_beta)
+    _synthesize_depth_backward_kernel[(nblk * B,)](
         grad, J, depth, A.contiguous(), beta.contiguous(), gJ if needs_J else J, gd if needs_depth else depth,
-        gA if needs_A else A, gb if needs_beta else beta, C, H * W, MAP_PER_CHANNEL=depth.shape[1] != 1,
+        pA, pb, C, H * W, nblk, MAP_PER_CHANNEL=depth.shape[1] != 1,
         NEEDS_J=needs_J, NEEDS_D=needs_depth, NEEDS_A=needs_A, NEEDS_BETA=needs_beta, BLOCK=BLOCK)
-    return gJ, gd, gA, gb
+    return gJ, gd, _summed(pA, gA, needs_A), _summed(pb, gb, needs_beta)

@@ -2,8 +2,8 @@
 
 Per layer one launch of the sum kernel (no host sync between layers): a program loads BLOCK
 consecutive elements of the anchor once, sums |a - p| and each |a - n_k| in the compute dtype
-(``tl.sum``: a tree, never one long sequential float32 sum) and adds its partial sums into a
-float64 accumulator table with ``tl.atomic_add``. The dists table and the loss are then a few
+(``tl.sum``: a tree, never one long sequential float32 sum) and writes its partial sums to its
+row of a float64 [programs, 1 + K] table, summed by torch (no float atomics: deterministic). The dists table and the loss are then a few
 tiny tensor ops on the [L, 1 + K] table. The backward kernel reads the saved dists, the
 weights and the incoming gradient from device memory (no ``.item()``) and writes
     dL/da = cp sign(a - p) - cn sum_k w_k sign(a - n_k).
@@ -15,24 +15,28 @@ import torch
 import triton
 import triton.language as tl
 
-from . import block_size
+from . import block_size, join_f64, split_f64
 
 
 @triton.jit
-def _sum_kernel(a_ptr, p_ptr, n_ptr, w_ptr, sums_ptr, N, n_stride, K, q0,
+def _sum_kernel(a_ptr, p_ptr, n_ptr, w_ptr, part_ptr, N, n_stride, K, Q,
                 ABLATION: tl.constexpr, BLOCK: tl.constexpr):
     cdt = w_ptr.dtype.element_ty
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    blk = tl.program_id(0).to(tl.int64)
+    i = blk * BLOCK + tl.arange(0, BLOCK)
     m = i < N
     a = tl.load(a_ptr + i, mask=m, other=0.0).to(cdt)
     p = tl.load(p_ptr + i, mask=m, other=0.0).to(cdt)
     s = tl.sum(tl.where(m, tl.abs(a - p), 0.0), axis=0)
-    tl.atomic_add(sums_ptr + q0, s.to(tl.float64))
+    row = part_ptr + blk * Q  # this program's partials [Q] (float64), summed in order by torch
+    tl.store(row, s.to(tl.float64))
     if not ABLATION:
+        nk = n_ptr  # negative k: the pointer advances by n_stride (no k * n_stride in int32)
         for k in range(K):
-            n = tl.load(n_ptr + k * n_stride + i, mask=m, other=0.0).to(cdt)
+            n = tl.load(nk + i, mask=m, other=0.0).to(cdt)
             s = tl.sum(tl.where(m, tl.abs(a - n), 0.0), axis=0)
-            tl.atomic_add(sums_ptr + q0 + 1 + k, s.to(tl.float64))
+            tl.store(row + 1 + k, s.to(tl.float64))
+            nk += n_stride
 
 
 @triton.jit
@@ -42,12 +46,12 @@ def _sign(x):
 
 
 @triton.jit
-def _backward_kernel(g_ptr, a_ptr, p_ptr, n_ptr, w_ptr, dists_ptr, lw_ptr, out_ptr, N, n_stride, K, row, eps,
+def _backward_kernel(g_ptr, a_ptr, p_ptr, n_ptr, w_ptr, dists_ptr, lw_ptr, out_ptr, N, n_stride, K, row, eps_hi, eps_lo,
                      ABLATION: tl.constexpr, BLOCK: tl.constexpr):
     cdt = w_ptr.dtype.element_ty
     g = tl.load(g_ptr).to(cdt)
     lam = tl.load(lw_ptr)
-    numel = N.to(cdt)
+    numel = tl.cast(N, cdt)  # N == 1 arrives as a constexpr (no .to) on the GPU
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < N
     a = tl.load(a_ptr + i, mask=m, other=0.0).to(cdt)
@@ -58,13 +62,15 @@ def _backward_kernel(g_ptr, a_ptr, p_ptr, n_ptr, w_ptr, dists_ptr, lw_ptr, out_p
         den = tl.load(w_ptr) * tl.load(dists_ptr + row + 1)
         for k in range(1, K):
             den += tl.load(w_ptr + k) * tl.load(dists_ptr + row + 1 + k)
-        den = den + eps
+        den = den + join_f64(eps_hi, eps_lo, den)  # eps as a float32 pair: exact in float64
         cp = g * lam / (numel * den)
         cn = cp * tl.load(dists_ptr + row) / den
         out = cp * _sign(a - p)
+        nk = n_ptr
         for k in range(K):
-            n = tl.load(n_ptr + k * n_stride + i, mask=m, other=0.0).to(cdt)
+            n = tl.load(nk + i, mask=m, other=0.0).to(cdt)
             out -= (cn * tl.load(w_ptr + k)) * _sign(a - n)
+            nk += n_stride
     tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -119,15 +125,20 @@ def contrastive_loss(anchors, positives, negatives, layer_weights, negative_weig
     L, Q = len(anchors), 1 + K
     cdt = negative_weights.dtype
     dev = anchors[0].device
-    sums = torch.zeros((L, Q), dtype=torch.float64, device=dev)
     w = negative_weights.contiguous() if K > 0 else torch.zeros(1, dtype=cdt, device=dev)
+    rows = []
     for l, (a, p, n, stride) in enumerate(layers):
         N = a.numel()
         if N == 0:
+            rows.append(torch.zeros(Q, dtype=torch.float64, device=dev))
             continue
         BLOCK = block_size(N, gpu_block=2048)
-        _sum_kernel[(triton.cdiv(N, BLOCK),)](a, p, n, w, sums, N, stride, K, l * Q,
-                                              ABLATION=ablation, BLOCK=BLOCK)
+        nblk = triton.cdiv(N, BLOCK)
+        part = torch.zeros((nblk, Q), dtype=torch.float64, device=dev) if ablation else \
+            torch.empty((nblk, Q), dtype=torch.float64, device=dev)
+        _sum_kernel[(nblk,)](a, p, n, w, part, N, stride, K, Q, ABLATION=ablation, BLOCK=BLOCK)
+        rows.append(part.sum(dim=0))
+    sums = torch.stack(rows)
     numel = torch.tensor([float(a.numel()) for a in anchors], dtype=torch.float64).to(dev, non_blocking=True)
     dists = (sums / numel[:, None]).to(cdt)
     if ablation:
@@ -155,7 +166,7 @@ def contrastive_loss_backward(grad, anchors, positives, negatives, layer_weights
         if N == 0:
             continue
         BLOCK = block_size(N, gpu_block=2048)
-        _backward_kernel[(triton.cdiv(N, BLOCK),)](g, a, p, n, w, d, lw[l:], grads[l], N, stride, K, l * Q, eps,
+        _backward_kernel[(triton.cdiv(N, BLOCK),)](g, a, p, n, w, d, lw[l:], grads[l], N, stride, K, l * Q, *split_f64(eps),
                                                    ABLATION=ablation, BLOCK=BLOCK)
     return grads
 

@@ -13,14 +13,20 @@ atmospheric_light: radix select on order-preserving uint32/uint64 keys of the da
 (8-bit digits, one histogram kernel per digit; the digit is chosen on the device with torch
 ops, no host sync), then a kernel that sums the pixels above the threshold and the first ones
 equal to it (per-block counts + an exclusive cumsum give each pixel its rank among the ties).
+Batch and pixel blocks share grid axis 0 (``kernels.image_block``). Deterministic: the
+histograms add int32 counts (exact in any order) and the sums are per-block partials summed by
+torch, no float atomics.
 """
 import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, block_size
+from . import INTERPRET, block_size, image_block, join_f64, split_f64
 
 A_MIN = 1e-6
+#: A_MIN as the kernels read it: a kernel may only read module globals that are tl.constexpr
+#: (a plain float compiles under the interpreter but is a NameError in Triton's code generator).
+_A_MIN = tl.constexpr(A_MIN)
 
 
 @triton.jit
@@ -34,13 +40,14 @@ def _better(a, b, IS_MAX: tl.constexpr):
 
 @triton.jit
 def _line_kernel(I_ptr, A_ptr, src_ptr, pre_v_ptr, pre_c_ptr, h_v_ptr, h_a_ptr, out_ptr, out_a_ptr,
-                 n_lanes, C, H, W, n, r, omega,
+                 n_lanes, C, H, W, n, r, omega_hi, omega_lo,
                  FIRST: tl.constexpr, SCALE: tl.constexpr, POST: tl.constexpr, ARG: tl.constexpr,
                  IS_MAX: tl.constexpr, BLOCK: tl.constexpr):
     """Running extremum along lines. FIRST: lanes are the rows (b, y) of I; the channel extremum
     (of I_c * 1/max(A_c, A_MIN) with SCALE) is written to pre_v (and its channel to pre_c) and
     filtered along the row. Otherwise lanes are the columns (b, x) of src [B, H, W]. Output value
-    (1 - omega v with POST) to out; with ARG the winner's position along the line to out_a."""
+    (1 - omega v with POST; omega = omega_hi + omega_lo, a split_f64 pair) to out; with ARG the
+    winner's position along the line to out_a."""
     cdt = h_v_ptr.dtype.element_ty
     lane = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     lm = lane < n_lanes
@@ -59,13 +66,13 @@ def _line_kernel(I_ptr, A_ptr, src_ptr, pre_v_ptr, pre_c_ptr, h_v_ptr, h_a_ptr, 
             v = tl.load(I_ptr + off, mask=lm, other=ident).to(cdt)
             if SCALE:
                 a0 = tl.load(A_ptr + b * C, mask=lm, other=1.0).to(cdt)
-                v = v / tl.where(a0 < A_MIN, A_MIN, a0)
+                v = v / tl.where(a0 < _A_MIN, _A_MIN, a0)
             best_c = tl.zeros([BLOCK], dtype=tl.int32)
             for c in range(1, C):
                 vc = tl.load(I_ptr + off + c * HW, mask=lm, other=ident).to(cdt)
                 if SCALE:
                     ac = tl.load(A_ptr + b * C + c, mask=lm, other=1.0).to(cdt)
-                    vc = vc / tl.where(ac < A_MIN, A_MIN, ac)
+                    vc = vc / tl.where(ac < _A_MIN, _A_MIN, ac)
                 take = _better(vc, v, IS_MAX)
                 v = tl.where(take, vc, v)
                 best_c = tl.where(take, c, best_c)
@@ -115,7 +122,7 @@ def _line_kernel(I_ptr, A_ptr, src_ptr, pre_v_ptr, pre_c_ptr, h_v_ptr, h_a_ptr, 
             use_g = (same & ((lo % w) == 0)) | ((same == 0) & _better(gv, hl, IS_MAX))
             ov = tl.where(use_g, gv, hl)
             if POST:
-                ov = 1.0 - omega * ov
+                ov = 1.0 - join_f64(omega_hi, omega_lo, ov) * ov
             tl.store(out_ptr + obase + xo * stride, ov.to(out_ptr.dtype.element_ty), mask=lm)
             if ARG:
                 hla = tl.load(h_a_ptr + hbase + lo, mask=lm, other=0)
@@ -124,6 +131,13 @@ def _line_kernel(I_ptr, A_ptr, src_ptr, pre_v_ptr, pre_c_ptr, h_v_ptr, h_a_ptr, 
 
 def _cdt(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# GPU line blocks: one warp of 32 lanes per program, one thread per line (BLOCK=64 with the
+# default 4 warps left half of the 128 threads replicas and made half as many programs: for a
+# 4.9 MP photo 1800 rows are 57 programs instead of 29). Under the interpreter block_size()
+# takes larger blocks and num_warps does nothing.
+_LINE_BLOCK, _LINE_WARPS = 32, 1
 
 
 def _lines(I, patch, is_max, A=None, omega=0.0, arg=False, out_dtype=None):
@@ -145,20 +159,20 @@ def _lines(I, patch, is_max, A=None, omega=0.0, arg=False, out_dtype=None):
     A_ = A.contiguous() if A is not None else pre_v
     # rows
     n_lanes = B * H
-    BLOCK = block_size(n_lanes, gpu_block=64, interpret_cap=4096)
+    BLOCK = block_size(n_lanes, gpu_block=_LINE_BLOCK, interpret_cap=4096)
     h_v = torch.empty((n_lanes * W,), dtype=cdt, device=dev)
     h_a = torch.empty((n_lanes * W,), dtype=torch.int32, device=dev) if arg else h_v
     _line_kernel[(triton.cdiv(n_lanes, BLOCK),)](
-        I, A_, pre_v, pre_v, pre_c, h_v, h_a, rows_v, rows_a, n_lanes, C, H, W, W, r, 0.0,
-        FIRST=True, SCALE=A is not None, POST=False, ARG=arg, IS_MAX=is_max, BLOCK=BLOCK)
+        I, A_, pre_v, pre_v, pre_c, h_v, h_a, rows_v, rows_a, n_lanes, C, H, W, W, r, 0.0, 0.0,
+        FIRST=True, SCALE=A is not None, POST=False, ARG=arg, IS_MAX=is_max, BLOCK=BLOCK, num_warps=_LINE_WARPS)
     # columns
     n_lanes = B * W
-    BLOCK = block_size(n_lanes, gpu_block=64, interpret_cap=4096)
+    BLOCK = block_size(n_lanes, gpu_block=_LINE_BLOCK, interpret_cap=4096)
     h_v = torch.empty((n_lanes * H,), dtype=cdt, device=dev)
     h_a = torch.empty((n_lanes * H,), dtype=torch.int32, device=dev) if arg else h_v
     _line_kernel[(triton.cdiv(n_lanes, BLOCK),)](
-        I, A_, rows_v, pre_v, pre_c, h_v, h_a, out, cols_a, n_lanes, C, H, W, H, r, float(omega),
-        FIRST=False, SCALE=False, POST=A is not None, ARG=arg, IS_MAX=is_max, BLOCK=BLOCK)
+        I, A_, rows_v, pre_v, pre_c, h_v, h_a, out, cols_a, n_lanes, C, H, W, H, r, *split_f64(omega),
+        FIRST=False, SCALE=False, POST=A is not None, ARG=arg, IS_MAX=is_max, BLOCK=BLOCK, num_warps=_LINE_WARPS)
     return out, rows_a, cols_a, pre_c
 
 
@@ -215,10 +229,9 @@ def _thr_ordered(thr_bits, KEY64: tl.constexpr):
 
 
 @triton.jit
-def _hist_kernel(dark_ptr, prefix_ptr, hist_ptr, HW, shift, mask,
+def _hist_kernel(dark_ptr, prefix_ptr, hist_ptr, HW, nblk, shift, mask,
                  KEY64: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     d = tl.load(dark_ptr + b * HW + p, mask=m, other=0.0)
     bits, o = _keys(d, KEY64)
@@ -233,9 +246,7 @@ def _hist_kernel(dark_ptr, prefix_ptr, hist_ptr, HW, shift, mask,
 
 @triton.jit
 def _eq_count_kernel(dark_ptr, thr_ptr, cnt_ptr, HW, nblk, KEY64: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    blk = tl.program_id(0).to(tl.int64)
-    p = blk * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     bits, o = _keys(tl.load(dark_ptr + b * HW + p, mask=m, other=0.0), KEY64)
     eq = m & (o == _thr_ordered(tl.load(thr_ptr + b), KEY64))
@@ -245,9 +256,7 @@ def _eq_count_kernel(dark_ptr, thr_ptr, cnt_ptr, HW, nblk, KEY64: tl.constexpr, 
 @triton.jit
 def _select_sum_kernel(I_ptr, dark_ptr, thr_ptr, need_ptr, before_ptr, sums_ptr, C, HW, nblk,
                        KEY64: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    blk = tl.program_id(0).to(tl.int64)
-    p = blk * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     m = p < HW
     bits, o = _keys(tl.load(dark_ptr + b * HW + p, mask=m, other=0.0), KEY64)
     thr = _thr_ordered(tl.load(thr_ptr + b), KEY64)
@@ -256,7 +265,7 @@ def _select_sum_kernel(I_ptr, dark_ptr, thr_ptr, need_ptr, before_ptr, sums_ptr,
     take = m & ((o > thr) | (eq & (rank < tl.load(need_ptr + b))))
     for c in range(0, C):
         v = tl.load(I_ptr + (b * C + c) * HW + p, mask=take, other=0.0).to(sums_ptr.dtype.element_ty)
-        tl.atomic_add(sums_ptr + b * C + c, tl.sum(v, axis=0))
+        tl.store(sums_ptr + (b * C + c) * nblk + blk, tl.sum(v, axis=0))  # partials [B, C, nblk]
 
 
 def atmospheric_light(I, dark, k):
@@ -280,7 +289,7 @@ def atmospheric_light(I, dark, k):
     mask = 0
     for shift in range(nbits - 8, -1, -8):
         hist = torch.zeros((B, 256), dtype=torch.int32, device=dev)
-        _hist_kernel[(nblk, B)](dark, prefix, hist, HW, shift, mask, KEY64=key64, BLOCK=BLOCK)
+        _hist_kernel[(nblk * B,)](dark, prefix, hist, HW, nblk, shift, mask, KEY64=key64, BLOCK=BLOCK)
         # from the largest digit down: the first digit where the running count reaches kk
         cum = torch.cumsum(hist.flip(1).to(torch.int64), dim=1)          # cum[:, j]: digits >= 255-j
         j = torch.searchsorted(cum, kk.unsqueeze(1)).squeeze(1).clamp(max=255)
@@ -290,12 +299,12 @@ def atmospheric_light(I, dark, k):
         prefix = prefix | ((255 - j) << shift)
         mask = _mask_bits(nbits, shift)
     cnt = torch.empty((B, nblk), dtype=torch.int32, device=dev)
-    _eq_count_kernel[(nblk, B)](dark, prefix, cnt, HW, nblk, KEY64=key64, BLOCK=BLOCK)
+    _eq_count_kernel[(nblk * B,)](dark, prefix, cnt, HW, nblk, KEY64=key64, BLOCK=BLOCK)
     before = (torch.cumsum(cnt, dim=1) - cnt).to(torch.int32).contiguous()
-    sums = torch.zeros((B, C), dtype=cdt, device=dev)
-    _select_sum_kernel[(nblk, B)](I, dark, prefix, kk.to(torch.int32), before, sums, C, HW, nblk,
-                                  KEY64=key64, BLOCK=BLOCK)
-    return sums / k
+    sums = torch.empty((B, C, nblk), dtype=cdt, device=dev)
+    _select_sum_kernel[(nblk * B,)](I, dark, prefix, kk.to(torch.int32), before, sums, C, HW, nblk,
+                                    KEY64=key64, BLOCK=BLOCK)
+    return sums.sum(dim=2) / k
 
 
 def _mask_bits(nbits, shift):

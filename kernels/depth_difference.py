@@ -1,6 +1,7 @@
 """Triton kernels of the depth-difference ops (DCMPNet difference perception, SPEC section 5).
 
-Softmax statistics: ``_lse_partial_kernel`` (grid = chunks x B) keeps, per lane, an online pair
+Softmax statistics: ``_lse_partial_kernel`` (grid = B x chunks, folded into axis 0 like every
+grid here) keeps, per lane, an online pair
 (running max m, sum s of exp(x - m)) over the chunk's tiles, one exp per value
 (exp(-|x - m|) serves both the rescale and the new term), then reduces its lanes to one pair
 per chunk; the chunks' pairs are merged per image on the host side of the launch (a few
@@ -11,20 +12,19 @@ by torch. Compute dtype: float32 for half inputs, float64 for float64 (the dtype
 kernel (``eps`` as a float32 pair hi + lo, so that float64 keeps its full precision: Triton passes
 Python floats as float32).
 """
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, block_size
+from . import INTERPRET, block_size, image_block, split_f64
 
 
 @triton.jit
 def _lse_partial_kernel(a_ptr, c_ptr, pm_ptr, ps_ptr, N, CHUNK, nchunk, TWO: tl.constexpr, BLOCK: tl.constexpr):
     cdt = pm_ptr.dtype.element_ty
-    b = tl.program_id(1).to(tl.int64)
-    k = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # B x chunks on axis 0 (axis 1 stops at 65535)
+    b = pid // nchunk
+    k = pid % nchunk
     start = k * CHUNK
     lanes = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), cdt)
@@ -68,9 +68,8 @@ def _softmax_sum(a_ptr, c_ptr, b, C, HW, p, msk, L, TWO: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
-def _dpw_kernel(d_ptr, lse_ptr, W_ptr, C, HW, eps_hi, eps_lo, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _dpw_kernel(d_ptr, lse_ptr, W_ptr, C, HW, nblk, eps_hi, eps_lo, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    b, blk, p = image_block(nblk, BLOCK)
     msk = p < HW
     L = tl.load(lse_ptr + b)
     zero = tl.zeros([BLOCK], dtype=L.dtype)
@@ -86,9 +85,7 @@ def _dpw_kernel(d_ptr, lse_ptr, W_ptr, C, HW, eps_hi, eps_lo, NORMALIZE: tl.cons
 
 @triton.jit
 def _dpw_dot_kernel(g_ptr, d_ptr, lse_ptr, part_ptr, C, HW, nblk, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    blk = tl.program_id(0).to(tl.int64)
-    p = blk * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     msk = p < HW
     L = tl.load(lse_ptr + b)
     if NORMALIZE:
@@ -101,9 +98,8 @@ def _dpw_dot_kernel(g_ptr, d_ptr, lse_ptr, part_ptr, C, HW, nblk, NORMALIZE: tl.
 
 
 @triton.jit
-def _dpw_grad_kernel(g_ptr, d_ptr, lse_ptr, dot_ptr, gd_ptr, C, HW, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _dpw_grad_kernel(g_ptr, d_ptr, lse_ptr, dot_ptr, gd_ptr, C, HW, nblk, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    b, blk, p = image_block(nblk, BLOCK)
     msk = p < HW
     L = tl.load(lse_ptr + b)
     if NORMALIZE:
@@ -120,9 +116,7 @@ def _dpw_grad_kernel(g_ptr, d_ptr, lse_ptr, dot_ptr, gd_ptr, C, HW, NORMALIZE: t
 @triton.jit
 def _ddl_partial_kernel(h_ptr, c_ptr, dp_ptr, dt_ptr, lse_ptr, part_ptr, C, HW, nblk, eps_hi, eps_lo,
                         BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    blk = tl.program_id(0).to(tl.int64)
-    p = blk * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     msk = p < HW
     L = tl.load(lse_ptr + b)
     ceps = (tl.zeros([BLOCK], dtype=L.dtype) + eps_hi + eps_lo) * C
@@ -146,11 +140,10 @@ def _sgn(x):
 
 
 @triton.jit
-def _ddl_backward_kernel(g_ptr, h_ptr, c_ptr, dp_ptr, dt_ptr, st_ptr, gh_ptr, gc_ptr, gp_ptr, gt_ptr, C, HW, N,
+def _ddl_backward_kernel(g_ptr, h_ptr, c_ptr, dp_ptr, dt_ptr, st_ptr, gh_ptr, gc_ptr, gp_ptr, gt_ptr, C, HW, nblk, N,
                          eps_hi, eps_lo, NEEDS_H: tl.constexpr, NEEDS_C: tl.constexpr, NEEDS_P: tl.constexpr, NEEDS_T: tl.constexpr,
                          BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, blk, p = image_block(nblk, BLOCK)
     msk = p < HW
     L = tl.load(st_ptr + b * 2)
     g = tl.load(g_ptr)
@@ -186,10 +179,7 @@ def _cdt(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _split(eps):
-    """eps as a float32 pair (hi, lo) with hi + lo == eps to float64 precision."""
-    hi = struct.unpack("f", struct.pack("f", float(eps)))[0]
-    return hi, float(eps) - hi
+_split = split_f64  # eps as a float32 pair (hi, lo) with hi + lo == eps to float64 precision
 
 
 def _lse(a, c, B, N, cdt):
@@ -199,7 +189,7 @@ def _lse(a, c, B, N, cdt):
     nchunk = max(1, triton.cdiv(N, CHUNK))
     pm = torch.empty((B, nchunk), dtype=cdt, device=a.device)
     ps = torch.empty((B, nchunk), dtype=cdt, device=a.device)
-    _lse_partial_kernel[(nchunk, B)](a, a if c is None else c, pm, ps, N, CHUNK, nchunk, TWO=c is not None,
+    _lse_partial_kernel[(nchunk * B,)](a, a if c is None else c, pm, ps, N, CHUNK, nchunk, TWO=c is not None,
                                      BLOCK=BLOCK)
     # Second level: merge the chunks' (max, sum) pairs; NaN anywhere or a non-finite max -> NaN.
     M = pm.amax(dim=1)
@@ -220,7 +210,8 @@ def difference_perception_weight(diff, eps, normalize):
     if HW == 0:
         return W, lse
     BLOCK = block_size(HW)
-    _dpw_kernel[(triton.cdiv(HW, BLOCK), B)](d, lse, W, C, HW, *_split(eps), NORMALIZE=bool(normalize), BLOCK=BLOCK)
+    nblk = triton.cdiv(HW, BLOCK)
+    _dpw_kernel[(nblk * B,)](d, lse, W, C, HW, nblk, *_split(eps), NORMALIZE=bool(normalize), BLOCK=BLOCK)
     return W, lse
 
 
@@ -237,9 +228,9 @@ def difference_perception_weight_backward(grad, diff, lse, normalize):
     nblk = triton.cdiv(HW, BLOCK)
     part = torch.empty((B, nblk), dtype=cdt, device=d.device)
     lse = lse.contiguous()
-    _dpw_dot_kernel[(nblk, B)](g, d, lse, part, C, HW, nblk, NORMALIZE=bool(normalize), BLOCK=BLOCK)
+    _dpw_dot_kernel[(nblk * B,)](g, d, lse, part, C, HW, nblk, NORMALIZE=bool(normalize), BLOCK=BLOCK)
     dot = part.sum(dim=1)
-    _dpw_grad_kernel[(nblk, B)](g, d, lse, dot, gd, C, HW, NORMALIZE=bool(normalize), BLOCK=BLOCK)
+    _dpw_grad_kernel[(nblk * B,)](g, d, lse, dot, gd, C, HW, nblk, NORMALIZE=bool(normalize), BLOCK=BLOCK)
     return gd
 
 
@@ -256,7 +247,7 @@ def depth_difference_loss(dehazed, clear, depth_pred, depth_target, eps):
     BLOCK = block_size(HW)
     nblk = triton.cdiv(HW, BLOCK)
     part = torch.empty((B, nblk, 3), dtype=cdt, device=h.device)
-    _ddl_partial_kernel[(nblk, B)](h, c, dp, dt, lse, part, C, HW, nblk, *_split(eps), BLOCK=BLOCK)
+    _ddl_partial_kernel[(nblk * B,)](h, c, dp, dt, lse, part, C, HW, nblk, *_split(eps), BLOCK=BLOCK)
     loss = (part[..., 0].sum() + part[..., 1].sum()) / N
     stats = torch.stack([lse, part[..., 2].sum(dim=1) / N], dim=1)
     return loss, stats
@@ -278,8 +269,9 @@ def depth_difference_loss_backward(grad, dehazed, clear, depth_pred, depth_targe
     cdt = _cdt(h)
     g = grad.to(cdt).reshape(1).contiguous()
     BLOCK = block_size(HW)
-    _ddl_backward_kernel[(triton.cdiv(HW, BLOCK), B)](
+    nblk = triton.cdiv(HW, BLOCK)
+    _ddl_backward_kernel[(nblk * B,)](
         g, h, c, dp, dt, stats.contiguous(), gh if needs_dehazed else h, gc if needs_clear else c,
-        gp if needs_pred else dp, gt if needs_target else dt, C, HW, N, *_split(eps), NEEDS_H=needs_dehazed, NEEDS_C=needs_clear,
+        gp if needs_pred else dp, gt if needs_target else dt, C, HW, nblk, N, *_split(eps), NEEDS_H=needs_dehazed, NEEDS_C=needs_clear,
         NEEDS_P=needs_pred, NEEDS_T=needs_target, BLOCK=BLOCK)
     return gh, gc, gp, gt

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, block_size
+from . import INTERPRET, block_size, image_block, join_f64, split_f64
 
 
 @triton.jit
@@ -115,12 +115,12 @@ def box_filter_backward(grad, r):
 
 
 @triton.jit
-def _gf_coeff_kernel(m_ptr, ab_ptr, HW, eps, K: tl.constexpr, KA: tl.constexpr, COLOR: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _gf_coeff_kernel(m_ptr, ab_ptr, HW, nblk, eps_hi, eps_lo, K: tl.constexpr, KA: tl.constexpr,
+                     COLOR: tl.constexpr, BLOCK: tl.constexpr):
     # means [P, K, HW] -> a (1 or 3 planes), b: [P, KA, HW]; same operation order as the reference
-    pl = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pl, blk, i = image_block(nblk, BLOCK)
     msk = i < HW
+    eps = join_f64(eps_hi, eps_lo, tl.zeros([BLOCK], dtype=ab_ptr.dtype.element_ty))  # exact in float64
     base = m_ptr + pl * K * HW + i
     out = ab_ptr + pl * KA * HW + i
     if COLOR:
@@ -162,11 +162,10 @@ def _gf_coeff_kernel(m_ptr, ab_ptr, HW, eps, K: tl.constexpr, KA: tl.constexpr, 
 
 
 @triton.jit
-def _gf_out_kernel(I_ptr, mab_ptr, q_ptr, C, HW, G: tl.constexpr, KA: tl.constexpr, BLOCK: tl.constexpr):
+def _gf_out_kernel(I_ptr, mab_ptr, q_ptr, C, HW, nblk, G: tl.constexpr, KA: tl.constexpr, BLOCK: tl.constexpr):
     # q = sum_g mean_a_g I_g + mean_b, for plane pl = b * C + c
-    pl = tl.program_id(1).to(tl.int64)
+    pl, blk, i = image_block(nblk, BLOCK)
     b = pl // C
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     msk = i < HW
     m = mab_ptr + pl * KA * HW + i
     q = tl.load(m + (KA - 1) * HW, mask=msk, other=0.0)
@@ -204,9 +203,13 @@ def guided_filter(I, p, r, eps):
     KA = 2 if G == 1 else 4
     means = box_filter(stats.reshape(B * C * K, 1, H, W), r)
     ab = torch.empty((B * C * KA, 1, H, W), dtype=cdt, device=p.device)
-    BLOCK = block_size(HW)
-    grid = (triton.cdiv(HW, BLOCK), B * C)
-    _gf_coeff_kernel[grid](means, ab, HW, eps, K=K, KA=KA, COLOR=G == 3, BLOCK=BLOCK)
+    # planes x pixel blocks on axis 0 (axis 1 stops at 65535). The colour solve holds ~30 values per
+    # pixel: 256-pixel blocks (2 per thread) keep float64 within the registers (1024 spilled on sm_90).
+    BLOCK = block_size(HW, gpu_block=256 if G == 3 else 1024)
+    nblk = triton.cdiv(HW, BLOCK)
+    _gf_coeff_kernel[(nblk * B * C,)](means, ab, HW, nblk, *split_f64(eps), K=K, KA=KA, COLOR=G == 3, BLOCK=BLOCK)
     mab = box_filter(ab, r)
-    _gf_out_kernel[grid](I.contiguous(), mab, q, C, HW, G=G, KA=KA, BLOCK=BLOCK)
+    BLOCK = block_size(HW)
+    nblk = triton.cdiv(HW, BLOCK)
+    _gf_out_kernel[(nblk * B * C,)](I.contiguous(), mab, q, C, HW, nblk, G=G, KA=KA, BLOCK=BLOCK)
     return q

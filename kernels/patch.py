@@ -1,6 +1,7 @@
 """Triton kernels of the IICL patch ops (SPEC section 3).
 
-``_patch_scores_kernel``: grid = (column tiles, patch rows, B). A program sums the brightness
+``_patch_scores_kernel``: grid = B x patch rows x column tiles, on axis 0 (as every grid here:
+axes 1 and 2 stop at 65535 on a GPU). A program sums the brightness
 of its patch row's ``patch`` image rows into a vector of column sums over its tile (one
 contiguous row segment per row and channel: coalesced), then reduces the column sums to its
 patches' sums with a [patches, columns] window mask (no unfold, no gather from registers).
@@ -19,18 +20,19 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, block_size
+from . import INTERPRET, block_size, image_block
 
 LUMA = (0.299, 0.587, 0.114)
 
 
 @triton.jit
-def _patch_scores_kernel(x_ptr, w_ptr, s_ptr, C, H, W, p, s, nH, nW, bj,
+def _patch_scores_kernel(x_ptr, w_ptr, s_ptr, C, H, W, p, s, nH, nW, bj, tiles,
                          MEASURE: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr):
     cdt = s_ptr.dtype.element_ty
-    tile = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # (b, patch row i, column tile) on axis 0
+    tile = pid % tiles
+    i = (pid // tiles) % nH
+    b = pid // (tiles * nH)
     j0 = tile * bj
     jn = tl.minimum(nW - j0, bj)
     x0 = j0 * s
@@ -62,7 +64,7 @@ def _patch_scores_kernel(x_ptr, w_ptr, s_ptr, C, H, W, p, s, nH, nW, bj,
     lo = jj * s
     inwin = (xl[None, :] >= lo[:, None]) & (xl[None, :] < lo[:, None] + p) & mx[None, :]
     seg = tl.sum(tl.where(inwin, colsum[None, :], 0.0), axis=1)
-    area = (p * p).to(cdt)
+    area = tl.cast(p, cdt) * tl.cast(p, cdt)  # p == 1 arrives as a constexpr (no .to) on the GPU
     tl.store(s_ptr + (b * nH + i) * nW + j0 + jj, seg / area, mask=jj < jn)
 
 
@@ -158,7 +160,8 @@ def patch_brightness_rank(x, patch, stride, k, measure):
         x = x.contiguous()
         scores = torch.empty((B, n), dtype=sdt, device=x.device)
         wts = torch.tensor(LUMA if C == 3 else (1.0,) * C, dtype=sdt, device=x.device)
-        _patch_scores_kernel[(tiles, nH, B)](x, wts, scores, C, H, W, patch, stride, nH, nW, bj, MEASURE=measure,
+        _patch_scores_kernel[(tiles * nH * B,)](x, wts, scores, C, H, W, patch, stride, nH, nW, bj, tiles,
+                                                MEASURE=measure,
                                              BLOCK_X=triton.next_power_of_2(width),
                                              BLOCK_J=triton.next_power_of_2(bj))
         BLOCK_N = block_size(n, gpu_block=1024)
@@ -168,9 +171,8 @@ def patch_brightness_rank(x, patch, stride, k, measure):
 
 
 @triton.jit
-def _gather_kernel(x_ptr, c_ptr, out_ptr, C, H, W, k, p, BLOCK: tl.constexpr):
-    bqc = tl.program_id(1).to(tl.int64)  # (b * k + q) * C + c
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _gather_kernel(x_ptr, c_ptr, out_ptr, C, H, W, k, p, nblk, BLOCK: tl.constexpr):
+    bqc, blk, e = image_block(nblk, BLOCK)  # bqc = (b * k + q) * C + c
     pp = p * p
     me = e < pp
     c = bqc % C
@@ -184,9 +186,8 @@ def _gather_kernel(x_ptr, c_ptr, out_ptr, C, H, W, k, p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gather_backward_kernel(g_ptr, c_ptr, gx_ptr, C, H, W, k, p, F64: tl.constexpr, BLOCK: tl.constexpr):
-    bc = tl.program_id(1).to(tl.int64)  # b * C + c
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _gather_backward_kernel(g_ptr, c_ptr, gx_ptr, C, H, W, k, p, nblk, F64: tl.constexpr, BLOCK: tl.constexpr):
+    bc, blk, e = image_block(nblk, BLOCK)  # bc = b * C + c
     m = e < H * W
     y = e // W
     xx = e % W
@@ -214,8 +215,9 @@ def gather_patches(x, corners, patch):
     if out.numel() == 0:
         return out
     BLOCK = block_size(patch * patch, gpu_block=1024)
-    _gather_kernel[(triton.cdiv(patch * patch, BLOCK), B * k * C)](x.contiguous(), corners.contiguous(), out, C, H,
-                                                                    W, k, patch, BLOCK=BLOCK)
+    nblk = triton.cdiv(patch * patch, BLOCK)
+    _gather_kernel[(nblk * B * k * C,)](x.contiguous(), corners.contiguous(), out, C, H, W, k, patch, nblk,
+                                        BLOCK=BLOCK)
     return out
 
 
@@ -226,6 +228,6 @@ def gather_patches_backward(grad, corners, H, W):
     if gx.numel() == 0:
         return gx
     BLOCK = block_size(H * W)
-    _gather_backward_kernel[(triton.cdiv(H * W, BLOCK), B * C)](grad.contiguous(), corners.contiguous(), gx, C, H, W,
-                                                                k, p, F64=grad.dtype == torch.float64, BLOCK=BLOCK)
+    nblk = triton.cdiv(H * W, BLOCK)
+    _gather_backward_kernel[(nblk * B * C,)](grad.contiguous(), corners.contiguous(), gx, C, H, W, k, p, nblk, F64=grad.dtype == torch.float64, BLOCK=BLOCK)
     return gx

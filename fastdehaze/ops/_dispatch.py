@@ -71,7 +71,9 @@ class FusedOp:
             Triton op is defined with it (a test checks it equals the C++ schema).
         fake: fake/meta implementation (shapes and dtypes only).
         triton_impl: the implementation of ``<name>_triton``; default: the launcher
-            ``fastdehaze.kernels.<family>.<name>`` (imported at first call: Triton is optional).
+            ``fastdehaze.kernels.<family>.<name>`` (imported here when triton imports, so that
+            a first ``torch.compile`` traces no import; Triton is optional). Every Triton
+            implementation runs under :func:`_triton_guard` (device guard, CPU-tensor check).
         backward_schema / backward_fake / triton_backward_impl: the same for the backward op
             (default launcher ``<name>_backward``; omit all three for an op without gradient).
         setup_context(ctx, inputs, output) and backward(ctx, backward_op, *grads): the autograd
@@ -93,6 +95,7 @@ class FusedOp:
         has_bwd = backward is not None
         self.triton = None
         if not cpu_only:
+            _ext.triton_ready("cpu")  # import fastdehaze.kernels now, never inside a torch.compile trace
             self._register_triton(name, family, schema, fake, triton_impl, backward_schema, backward_fake,
                                   triton_backward_impl, setup_context, backward)
         if _ext.native_loaded(family, "cpu"):
@@ -108,8 +111,11 @@ class FusedOp:
         has_bwd = backward is not None
         if triton_impl is None:
             triton_impl = _triton_launcher(family, name)
-        if has_bwd and triton_backward_impl is None:
-            triton_backward_impl = _triton_launcher(family, f"{name}_backward")
+        triton_impl = _triton_guard(triton_impl, f"{name}_triton")
+        if has_bwd:
+            if triton_backward_impl is None:
+                triton_backward_impl = _triton_launcher(family, f"{name}_backward")
+            triton_backward_impl = _triton_guard(triton_backward_impl, f"{name}_backward_triton")
         self.triton = torch.library.custom_op(f"fastdehaze::{name}_triton", triton_impl, mutates_args=(),
                                               schema=schema)
         self.triton.register_fake(fake)
@@ -155,12 +161,60 @@ class FusedOp:
 
 
 def _triton_launcher(family: str, name: str) -> Callable:
-    """``fastdehaze.kernels.<family>.<name>``, looked up when first called."""
+    """``fastdehaze.kernels.<family>.<name>``: imported now when triton imports (a custom op's
+    implementation never runs inside a trace, but keeping imports out of every call path keeps
+    the first ``torch.compile`` of a process free of them), else looked up at the first call
+    (which then raises the ImportError)."""
+    import importlib
+    try:
+        return getattr(importlib.import_module(f"fastdehaze.kernels.{family}"), name)
+    except ImportError:
+        pass
+
     def launch(*args):
-        import importlib
         return getattr(importlib.import_module(f"fastdehaze.kernels.{family}"), name)(*args)
 
     launch.__name__ = name
+    return launch
+
+
+def _launch_device(args) -> Optional[torch.device]:
+    """The device of the first tensor among ``args`` (lists of tensors included), or None."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+        if isinstance(a, (list, tuple)):
+            for t in a:
+                if isinstance(t, torch.Tensor):
+                    return t.device
+    return None
+
+
+def _check_triton_device(op_name: str, dev: Optional[torch.device]) -> None:
+    """RuntimeError for tensors the Triton kernels cannot run on: CPU tensors without the
+    interpreter (Triton itself would raise a ValueError about a pointer), or a non-CUDA device."""
+    if dev is None or dev.type == "cuda":
+        return
+    ok, why = _ext.triton_ready(dev.type)
+    if not ok:
+        raise RuntimeError(f"fastdehaze::{op_name} got {dev} tensors: {why}")
+
+
+def _triton_guard(fn: Callable, op_name: str) -> Callable:
+    """``fn`` run with the checks every Triton launch needs: the tensors' device must be one the
+    kernels run on (:func:`_check_triton_device`), and CUDA tensors are launched under
+    ``torch.cuda.device(their device)`` (Triton launches on the *current* device, not the
+    tensors': without the guard, tensors on cuda:1 with cuda:0 current get foreign pointers)."""
+    def launch(*args):
+        dev = _launch_device(args)
+        _check_triton_device(op_name, dev)
+        if dev is not None and dev.type == "cuda":
+            with torch.cuda.device(dev):
+                return fn(*args)
+        return fn(*args)
+
+    launch.__name__ = getattr(fn, "__name__", op_name)
+    launch.__wrapped__ = fn
     return launch
 
 

@@ -28,9 +28,17 @@ FAMILY = "dcp"
 A_MIN = _ref.A_MIN
 
 
+try:  # imported at import (never inside a torch.compile trace); triton is optional
+    from ..kernels import dcp as _kernels
+except ImportError:
+    _kernels = None
+
+
 def _triton():
-    from ..kernels import dcp as k  # imported lazily: triton is optional
-    return k
+    if _kernels is None:
+        from ..kernels import dcp as k  # raises the ImportError that marks Triton unavailable
+        return k
+    return _kernels
 
 
 # ---- dark / bright channel ----------------------------------------------------------------------
@@ -227,14 +235,13 @@ def _dehaze_fake(I, patch, omega, top, r, eps, t0):
     return I.new_empty(I.shape), I.new_empty((B, 1, H, W)), I.new_empty((B, C), dtype=compute_dtype(I.dtype))
 
 
-_dehaze_registered = False
+# Registered at import: a registration inside the op's call path is a graph break that makes
+# torch.compile(fullgraph=True) fail on the first call of a process.
+if _dark_channel.native is not None:
+    torch.library.register_fake("fastdehaze::dehaze_dcp")(_dehaze_fake)
 
 
 def _native_dehaze():
-    global _dehaze_registered
-    if not _dehaze_registered:
-        torch.library.register_fake("fastdehaze::dehaze_dcp")(_dehaze_fake)
-        _dehaze_registered = True
     return torch.ops.fastdehaze.dehaze_dcp.default
 
 
