@@ -13,7 +13,10 @@ Environment:
   FASTDEHAZE_NO_CUDA=1    never build them
   TORCH_CUDA_ARCH_LIST    target architectures (default here: "9.0" when nothing is set)
   MAX_JOBS                parallel compile jobs (read by torch's ninja builder)
-  FASTDEHAZE_FAMILIES     comma list restricting which families are built (development)
+  FASTDEHAZE_FAMILIES     comma list restricting which families are built (development);
+                          "none" builds no extension (the package metadata only: scripts/setup.sh
+                          installs that with pip, then builds the families in parallel with
+                          scripts/build_ext.py)
   FASTDEHAZE_CPU_FLAGS    extra C++ flags for the CPU kernels (default: -march=native on x86-64)
 """
 import glob
@@ -73,9 +76,14 @@ def _extensions():
         cxx.append("-fopenmp")
     exts = []
     fams = _families()
+    # setuptools rebuilds an extension only when a file of sources + depends is newer than its .so;
+    # ninja then recompiles only the objects whose depfile names a changed header (or whose
+    # command line changed), so headers and setup.py (flags) go into depends.
+    depends = sorted(glob.glob(os.path.join(ROOT, "csrc", "include", "**", "*.h"), recursive=True)
+                     + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")) + [os.path.join(ROOT, "setup.py")])
     for fam in fams:
         srcs = [f"csrc/schemas/{fam}.cpp"] + ([f"csrc/cpu/{fam}.cpp"] if os.path.exists(os.path.join(ROOT, "csrc", "cpu", f"{fam}.cpp")) else [])
-        exts.append(CppExtension(f"fastdehaze._C_{fam}", srcs, include_dirs=inc,
+        exts.append(CppExtension(f"fastdehaze._C_{fam}", srcs, include_dirs=inc, depends=depends,
                                  extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]))
     use_cuda, why = _want_cuda(torch)
     print(f"fastdehaze: CUDA extensions {'ON' if use_cuda else 'OFF'} ({why}); families: {', '.join(fams)}")
@@ -94,7 +102,7 @@ def _extensions():
             if not (os.path.exists(os.path.join(ROOT, cu)) and os.path.exists(os.path.join(ROOT, reg))):
                 continue
             exts.append(CUDAExtension(
-                f"fastdehaze._cuda_{fam}", [cu, reg], include_dirs=cuda_inc,
+                f"fastdehaze._cuda_{fam}", [cu, reg], include_dirs=cuda_inc, depends=depends,
                 extra_compile_args={"cxx": ["-O3", "-std=c++20", "-fvisibility=hidden"],
                                     "nvcc": ["-O3", "-std=c++17", "-fmad=true", "-lineinfo"]}))
     return exts
@@ -123,10 +131,11 @@ setup(
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     python_requires=">=3.10",
-    install_requires=["torch>=2.11,<2.15", "numpy", "pillow", "tqdm", "safetensors"],
+    install_requires=["torch>=2.11,<2.15", "numpy", "pillow", "tqdm", "safetensors", "torchmetrics", "matplotlib"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "scikit-image", "opencv-python-headless"],
         "triton": ["triton"],
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["fastdehaze=fastdehaze.cli:main"]},
     zip_safe=False,
