@@ -120,3 +120,36 @@ def test_dcmpnet_training_step_reaches_depth_net():
     opt.step()
     after = model.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("depth."))
+
+
+def test_global_context_is_the_bases():
+    class GlobalBase(torch.nn.Module):
+        def global_context(self, x):
+            return {"mean": x.mean(dim=(2, 3), keepdim=True)}
+
+        def forward(self, x, context=None):
+            m = self.global_context(x)["mean"] if context is None else context["mean"]
+            return (x - m + 0.5).clamp(0, 1)
+
+    torch.manual_seed(0)
+    m = DepthGuidedBase(base=GlobalBase(), depth=DepthEstimator(width=4, levels=1))
+    x = _x(1, 3, 16, 16)
+    ctx = m.global_context(x)
+    assert list(ctx) == ["base.mean"]
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, context=ctx), m(x))  # the context of the full image = its own
+        assert not torch.allclose(m(x[..., :8, :8], context=ctx), m(x[..., :8, :8]))
+    assert DepthGuidedBase(base=AODNet()).global_context(x) == {}
+
+
+def test_tiled_equals_untiled():
+    progressive = pytest.importorskip("fastdehaze.nn.progressive")
+    torch.manual_seed(0)
+    m = DepthGuidedBase(base=AODNet(), depth=DepthEstimator(width=4, levels=2)).eval()
+    halo = m.receptive_field // 2 + 1
+    x = _x(1, 3, 2 * halo + 5, 2 * halo + 9)
+    with torch.no_grad():
+        full = m(x)
+        tiled = progressive.tiled_forward(m, x, tile=halo)
+    assert tiled.shape == full.shape
+    torch.testing.assert_close(tiled, full, rtol=0, atol=1e-5)

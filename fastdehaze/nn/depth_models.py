@@ -176,7 +176,8 @@ class DepthGuidedBase(_ContractMixin, nn.Module):
         return self.adapter(torch.cat((I, D.to(I.dtype)), 1)), D
 
     def global_context(self, I_full) -> dict:
-        if not callable(getattr(self.base, "global_context", None)):
+        g = getattr(type(self.base), "global_context", None)
+        if not callable(g) or g is _ContractMixin.global_context:  # none, or the built-ins' empty one
             return {}
         check_image(I_full, "I_full")
         x, _ = self._adapt(I_full)
