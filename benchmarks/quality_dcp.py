@@ -7,9 +7,11 @@ with SPEC section 2's defaults: patch 15, omega 0.95, top 0.1%, r 60, eps 1e-3, 
 the ground truth, printed next to the published DCP figures (DehazeFormer's table, over all 500
 SOTS images: indoor 16.62 dB / 0.818, outdoor 19.13 dB / 0.815).
 
-Metrics: skimage.metrics.peak_signal_noise_ratio and structural_similarity (data_range 1,
-SSIM with channel_axis over RGB, skimage's default 7x7 uniform window), on the float output
-clamped to [0, 1] and the ground truth / 255, in float64. Pairs: the same file stem in
+Metrics: fastdehaze.metrics (torchmetrics; the one definition used by training validation,
+``fastdehaze eval`` and the demo): PSNR per image on the output clamped to [0, 1], SSIM with the
+11x11 Gaussian window (sigma 1.5) at full resolution, against the ground truth / 255, in
+float64, averaged over images. (Until Dec 2026 this script used skimage's SSIM with its default
+7x7 uniform window, which gives other SSIM numbers.) Pairs: the same file stem in
 hazy/ and gt/; in sots_indoor_orig the 640x480 ground truth is cropped 10 px per side to
 meet the 620x460 hazy image. Reference point: on the 14 shared SOTS-indoor pairs an eager
 PyTorch DCP with the same defaults gives a mean PSNR of 19.08 dB (hazy input 12.73 dB).
@@ -53,8 +55,16 @@ def align(hazy: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def run(data: pathlib.Path, sets, backend: str, device: str, limit: int | None = None, log=print):
-    from skimage.metrics import peak_signal_noise_ratio as psnr
-    from skimage.metrics import structural_similarity as ssim
+    from fastdehaze import metrics
+
+    def _t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+    def psnr(gt, x, data_range=1.0):
+        return float(metrics.psnr(_t(x), _t(gt))[0])
+
+    def ssim(gt, x, data_range=1.0, channel_axis=2):
+        return float(metrics.ssim(_t(x), _t(gt))[0])
 
     from fastdehaze.io import read_image
     from fastdehaze.nn import DarkChannelDehazer
@@ -117,7 +127,7 @@ def main(argv=None) -> int:
         print(f"quality_dcp: data folder {a.data} not found (set --data or FASTDEHAZE_DATA)", file=sys.stderr)
         return 2
     report = run(a.data, [s for s in a.sets.split(",") if s], a.backend, a.device, a.limit)
-    print(f"DCP quality (backend {a.backend}, device {a.device}; PSNR/SSIM: skimage.metrics)")
+    print(f"DCP quality (backend {a.backend}, device {a.device}; PSNR/SSIM: fastdehaze.metrics)")
     print(format_report(report))
     return 0
 
