@@ -138,6 +138,7 @@ def test_peak_rss(benchmark, K):
 def gpu_cases(device, small=False):
     """fwd+bwd cases for benchmarks/gpu_check.py: 5 VGG19 layers of [8,3,256,256] (small: [1,3,64,64])."""
     B, H = (1, 64) if small else (8, 256)
+    fused_b = "cuda" if torch.device(device).type == "cuda" else "cpu"  # the C++ CPU kernel stands in on --cpu
     cases = []
     for K in (1, 6):
         for dtype in (torch.float32, torch.bfloat16):
@@ -152,7 +153,8 @@ def gpu_cases(device, small=False):
                 name=f"contrastive fwd+bwd {str(dtype).replace('torch.', '')} K={K} VGG19 of [{B},3,{H},{H}]",
                 bytes=nbytes,
                 providers={
-                    "cuda": lambda A=A, P=P, N=N, w=w: _step(lambda *a: fused_loss(*a, backend="cuda"), A, P, N, w),
+                    fused_b: lambda A=A, P=P, N=N, w=w, fb=fused_b: _step(lambda *a: fused_loss(*a, backend=fb), A, P,
+                                                                          N, w),
                     "triton": lambda A=A, P=P, N=N, w=w: _step(lambda *a: fused_loss(*a, backend="triton"), A, P, N,
                                                                w),
                     "eager": lambda A=A, P=P, N=N, w=w: _step(eager_loss, A, P, N, w),

@@ -11,6 +11,8 @@ Images are NCHW floating tensors; half inputs are computed in float32 and return
 dtype, float64 in float64. Outputs are contiguous NCHW (channels_last or strided inputs are read
 through a copy). Autocast: these ops are not in autocast's lists; they run in the dtype of their
 input (``src`` for the guided filter).
+
+Determinism (Triton backend): bitwise the same on every run (per-line prefix sums, no atomics).
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def box_filter(x, r, *, backend="auto"):
 
     Args:
         x: [B,C,H,W], float16/bfloat16/float32/float64 (any values; images in [0, 1]).
-        r: window radius in pixels, an int >= 0; ``r = 0`` returns ``x`` itself.
+        r: window radius in pixels, an int >= 0; ``r = 0`` returns a (contiguous) copy of ``x``,
+            never ``x`` itself (an output aliasing its input breaks custom-op and in-place users).
         backend: "auto", "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -87,7 +90,7 @@ def box_filter(x, r, *, backend="auto"):
     r = _checks.window_radius(_radius(r), x.shape[2], x.shape[3])
     b = resolve_backend(backend, FAMILY, x.device)
     if r == 0:
-        return x
+        return x.clone(memory_format=torch.contiguous_format)
     if b == "reference":
         return _ref.box_filter(x, r)
     return _box(b, x, r)
