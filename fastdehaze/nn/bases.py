@@ -5,9 +5,9 @@
 * :class:`UNet`: a small residual U-Net (our design), J = clamp(I + net(I), 0, 1).
 
 Both are written here from the papers (nothing copied), map [B,3,H,W] -> [B,3,H,W] in [0, 1]
-for any H, W >= 1 (replicate padding inside the convolutions; the U-Net pads its input to a
-multiple of 2^levels by reflection, or replication where reflection is impossible, and crops
-back), use no BatchNorm (so DDP without SyncBN is exact) and follow the model contract
+for any H, W >= 1 (zero padding inside the convolutions, as AOD-Net's; the U-Net pads its input
+to a multiple of 2^levels by reflection, or replication where reflection is impossible, and
+crops back), use no BatchNorm (so DDP without SyncBN is exact) and follow the model contract
 (``config()``, ``receptive_field``, ``pad_multiple``, ``value_range``, ``global_context``).
 
 :data:`ARCHITECTURES` maps a class name to every built-in model class; other modules add theirs
@@ -78,7 +78,7 @@ def pad_to_multiple(x: torch.Tensor, m: int):
 
 def _conv(cin, cout, k, stride=1):
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if stride == 1 else 0,
-                     padding_mode="replicate" if (stride == 1 and k > 1) else "zeros")
+                     padding_mode="zeros")
 
 
 def model_stats(model: nn.Module, size=(256, 256)) -> dict:
@@ -98,7 +98,8 @@ def model_stats(model: nn.Module, size=(256, 256)) -> dict:
         elif isinstance(mod, nn.Linear):
             macs[0] += out[0].numel() * mod.in_features
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         p = next(model.parameters(), None)
         x = torch.rand(1, 3, H, W, device=p.device if p is not None else "cpu")
@@ -129,8 +130,8 @@ class AODNet(_ContractMixin, nn.Module):
     conv5 3x3 ([conv1, conv2, conv3, conv4]) -> K [B,3,H,W], then the clean-image generation
     module J = ReLU(K I - K + b) with b = 1 (eq. 4) through the fused
     ``fastdehaze.ops.recompose_k``, clamped to [0, 1] (``clamp=True``; the paper has the ReLU
-    only). Convolutions pad by replication (the paper's code pads with zeros: replication keeps
-    a dark frame out of K and works for any size, 1x1 included).
+    only). Convolutions pad with zeros as in the paper (a padding mode other than zeros made
+    ``torch.compile``'s backward fail in torch 2.14: replication_pad2d_backward strides).
 
     Size (``model_stats``): 1,761 parameters (the paper's count), 1.746 GMAC per megapixel,
     receptive field 15 pixels (1 + 0 + 2 + 4 + 6 + 2: conv3 sees conv2, conv4 sees conv3, conv5
@@ -241,7 +242,7 @@ class UNet(_ContractMixin, nn.Module):
     (x + conv3x3(relu(conv3x3(x)))) then a 2x2 stride-2 conv (channels doubled, at most
     4 x width); a bottleneck of ``blocks`` blocks; 2x2 stride-2 transposed convs back up, each
     added to its skip and followed by ``blocks`` blocks; a 3x3 conv to 3 channels, whose weights
-    start at 0.1 x PyTorch's default so that J starts near I. Convolutions pad by replication;
+    start at 0.1 x PyTorch's default so that J starts near I. Convolutions pad with zeros;
     the input is padded at the bottom/right to a multiple of 2^levels (reflection, or
     replication where a side is too small) and the output cropped back.
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bases import ARCHITECTURES, UNet, _ContractMixin, _int_arg, _UNetCore, check_image, pad_to_multiple, \
+from .bases import UNet, _ContractMixin, _int_arg, _UNetCore, check_image, pad_to_multiple, \
     register_architecture
 
 __all__ = ["DepthEstimator", "DepthGuidedBase", "DepthGuidedOutput"]
