@@ -85,7 +85,8 @@ def _pass(x, out, nlines, L, Q, PS, QS, ES, r, adjoint):
         BLOCK = max(16, min(triton.next_power_of_2(L), 512))
         LB = max(1, min(triton.next_power_of_2(nlines), 16384 // BLOCK))
     else:
-        BLOCK, LB = 128, 8
+        # float64 adjoint (a division per value): 4 lines, 8 spilled 8 bytes on sm_90 (test_triton_aot)
+        BLOCK, LB = 128, (4 if adjoint and x.dtype == torch.float64 else 8)
     grid = (triton.cdiv(nlines, LB),)
     _prefix_kernel[grid](x, S, N, nlines, L, Q, PS, QS, ES, r, ADJ=adjoint, LB=LB, BLOCK=BLOCK)
     _window_kernel[grid](S, N, out, nlines, L, Q, PS, QS, ES, r, ADJ=adjoint, LB=LB, BLOCK=BLOCK)

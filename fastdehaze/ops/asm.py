@@ -11,6 +11,10 @@ image argument.
 
 RESIDE presets for synthesis: indoor (ITS) A in [0.7, 1.0], beta in [0.6, 1.8]; outdoor
 (OTS) A in [0.8, 1.0], beta in [0.04, 0.2] (see ``RESIDE_PRESETS``).
+
+Determinism (Triton backend): bitwise the same on every run. The gradients of the [B, C]
+parameters (A, beta, b) are per-program partial sums summed by torch in a fixed order, not
+float atomics.
 """
 from __future__ import annotations
 

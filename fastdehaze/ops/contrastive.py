@@ -35,6 +35,9 @@ not fit fp16; autocast likewise returns l1_loss in float32) and float64 for floa
 Layouts: any strides; a dense anchor (e.g. channels_last) is read in place, and positives or
 negatives with other strides are copied once into the anchor's layout. Empty features give
 NaN, like nn.L1Loss. Autocast: the op runs in the features' dtype.
+
+Determinism (Triton backend): bitwise the same on every run: each program's partial sums go to
+its own row of a float64 table that torch sums in a fixed order (no float atomics).
 """
 from __future__ import annotations
 

@@ -11,6 +11,13 @@ Backends: "reference" (fastdehaze.reference.dcp), "cpu" (C++), "cuda" (CUDA C++)
 Window filters run in O(1) per pixel whatever the patch (van Herk / Gil-Werman running
 min/max, rows then columns). Autocast: these ops are in none of autocast's lists; they run in
 the dtype of their image argument.
+
+Determinism (Triton backend): the forwards are bitwise the same on every run
+(atmospheric_light's radix select adds int32 counts, exact in any order, and its pixel sums are
+per-block partials summed by torch). The dark/bright channel backward adds each output's
+gradient to its input with torch's ``scatter_add_``: on CUDA this uses float atomics (ties send
+several outputs to one input), unless ``torch.use_deterministic_algorithms(True)``, under which
+torch runs its deterministic scatter.
 """
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ scalar, which is what autocast does for softmax and l1_loss (float32 list). So t
 works on the mixed float16/float32 tensors an autocast region produces.
 
 No argument check here reads tensor values: nothing forces a device-to-host sync.
+
+Determinism (Triton backend): bitwise the same on every run (two-level reductions: per-program
+partials merged by torch, no atomics).
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ rows shared by overlapping patch rows are read again, from cache, on CUDA/Triton
 brightness is reduced to patch sums without an unfold, then a small per-image selection picks
 the k first patches of each order. Autocast: these ops are not in autocast's lists; half
 inputs are scored in float32.
+
+Determinism (Triton backend): bitwise the same on every run (no atomics; the gather backward
+sums the covering patches per pixel in patch order).
 """
 from __future__ import annotations
 
