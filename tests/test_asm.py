@@ -459,11 +459,17 @@ def _opcheck_samples(name):
     return samples
 
 
+def _on(args, dev):
+    """opcheck samples on the backend's device (CUDA samples for the triton form on a GPU)."""
+    return tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+
+
 @pytest.mark.parametrize("name", OPS)
-def test_opcheck(name):
-    for kind, op in FUSED[name].ops().items():
-        for args in _opcheck_samples(name):
-            torch.library.opcheck(op, args)
+def test_opcheck(backend_device, name):
+    backend, dev = backend_device
+    op = FUSED[name].ops()["triton" if backend == "triton" else "native"]
+    for args in _opcheck_samples(name):
+        torch.library.opcheck(op, _on(args, dev))
 
 
 def _pipeline(J, t, depth, A, K, backend):
@@ -547,16 +553,16 @@ def test_cpu_large_float32_streaming_path(name):
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_opcheck_backward_ops(name):
+def test_opcheck_backward_ops(backend_device, name):
     """The registered backward ops (C++ and Triton), on gradients of the forward samples."""
     fused = FUSED[name]
     ns = torch.ops.fastdehaze
-    ops = {"native": getattr(ns, f"{name}_backward").default, "triton": getattr(ns, f"{name}_backward_triton").default}
+    backend, dev = backend_device
+    op = getattr(ns, f"{name}_backward_triton" if backend == "triton" else f"{name}_backward").default
     for args in _opcheck_samples(name)[:2] + _opcheck_samples(name)[-1:]:
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        out = fused("cpu", *args)
-        grad = torch.randn(out.shape, dtype=out.dtype)
+        args = _on(tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), dev)
+        out = fused(backend, *args)
+        grad = torch.randn(out.shape, dtype=out.dtype).to(dev)
         n_grads = {"transmission_from_depth": 2, "synthesize_haze_depth": 4}.get(name, 3)  # needs_* flags
         for flags in [(True,) * n_grads, (False,) + (True,) * (n_grads - 1)]:
-            for op in ops.values():
-                torch.library.opcheck(op, (grad, *args, *flags))
+            torch.library.opcheck(op, (grad, *args, *flags))

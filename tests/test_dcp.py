@@ -143,7 +143,7 @@ def test_constant_image_border():
 
 
 def test_constant_image_border_triton():
-    I = torch.full((1, 3, 37, 53), 0.8)
+    I = torch.full((1, 3, 37, 53), 0.8, device="cuda" if torch.cuda.is_available() else "cpu")
     if not fastdehaze_triton_ok():
         pytest.skip("triton unavailable")
     d = ops.dark_channel(I, 15, backend="triton")

@@ -129,9 +129,10 @@ def test_vgg_frozen_eval_shapes(vgg):
 def test_contrast_loss_parity(backend_device, vgg, vgg64, ablation, dtype):
     b, dev = backend_device
     vgg = vgg64 if dtype == torch.float64 else vgg
+    vgg = vgg if dev == "cpu" else copy.deepcopy(vgg).to(dev)  # the fixtures stay on the CPU
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-6)
-    hazy, clear = _images(dtype=dtype)
-    net = tiny_net(dtype=dtype)
+    hazy, clear = (t.to(dev) for t in _images(dtype=dtype))
+    net = tiny_net(dtype=dtype).to(dev)
     loss_mod = fnn.ContrastLoss(ablation=ablation, vgg=vgg, backend=b)
     loss_mod.train()  # the VGG inside stays in eval mode
     assert not loss_mod.vgg.training
@@ -202,7 +203,7 @@ def eager_iicl(vgg_eager, out, clear, hazy, patch, k, lambda_intra=1.0):
 
 
 def _iicl_parity(vgg, b, hazy, clear, patch, k, lambda_intra=1.0):
-    net = tiny_net(5)
+    net = tiny_net(5).to(hazy.device)
     loss = fnn.IICLLoss(lambda_intra=lambda_intra, patch=patch, stride=patch, k=k, vgg=vgg, backend=b)(
         net(hazy), clear, hazy)
     loss.backward()
@@ -218,9 +219,9 @@ def _iicl_parity(vgg, b, hazy, clear, patch, k, lambda_intra=1.0):
 
 
 def test_iicl_loss_parity(backend_device, vgg64):
-    vgg = vgg64
     b, dev = backend_device
-    hazy, clear = _images(B=2, H=32, W=32, seed=9)
+    vgg = vgg64 if dev == "cpu" else copy.deepcopy(vgg64).to(dev)
+    hazy, clear = (t.to(dev) for t in _images(B=2, H=32, W=32, seed=9))
     hazy[0, :, :16, 16:] *= 0.2  # a clearly darkest patch
     _iicl_parity(vgg, b, hazy, clear, patch=16, k=2, lambda_intra=0.7)
 

@@ -126,8 +126,10 @@ def test_rank_odd_image_sizes_cpu(shape, stride):
 
 def test_rank_odd_image_size_triton():
     backend = "triton"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     x = _img((1, 3, 461, 619), seed=6)
-    assert_rank_equal(F.patch_brightness_rank(x, 64, None, 4, backend=backend), R.patch_brightness_rank(x, 64, None, 4))
+    r = F.patch_brightness_rank(x.to(dev), 64, None, 4, backend=backend)
+    assert_rank_equal(type(r)(*(t.cpu() for t in r)), R.patch_brightness_rank(x, 64, None, 4))
 
 
 @pytest.mark.parametrize("W", [1, 3, 17, 257])
@@ -422,26 +424,29 @@ def test_gather_accepts_int32_corners():
 
 # ---- registration: opcheck, torch.compile -----------------------------------------------------
 
-def test_opcheck_rank():
-    x = _img((2, 3, 12, 13), seed=17)
-    for name, op in ops_patch._rank.ops().items():
+def test_opcheck_rank(backend_device):
+    backend, dev = backend_device
+    x = _img((2, 3, 12, 13), seed=17).to(dev)
+    for op in [ops_patch._rank.ops()["triton" if backend == "triton" else "native"]]:
         for args in [(x, 4, 3, 5, 0), (x.float(), 4, 4, 2, 2), (x[:0], 4, 4, 2, 1), (x.half(), 3, 2, 0, 3)]:
             torch.library.opcheck(op, args)
 
 
-def test_opcheck_gather():
-    x = _img((2, 3, 9, 10), seed=18)
-    corners = _corners(2, 3, 9, 10, 4)
-    for name, op in ops_patch._gather.ops().items():
+def test_opcheck_gather(backend_device):
+    backend, dev = backend_device
+    x = _img((2, 3, 9, 10), seed=18).to(dev)
+    corners = _corners(2, 3, 9, 10, 4).to(dev)
+    tri = backend == "triton"
+    for op in [ops_patch._gather.ops()["triton" if tri else "native"]]:
         for xx in (x, x.clone().requires_grad_(), x.float().requires_grad_()):
             torch.library.opcheck(op, (xx, corners, 4))
         torch.library.opcheck(op, (x[:0], corners[:0], 4))
-    for op in (ops_patch._gather.native_backward, ops_patch._gather.triton_backward):
-        torch.library.opcheck(op, (torch.randn(2, 3, 3, 4, 4, dtype=F64), corners, 9, 10))
+    for op in [ops_patch._gather.triton_backward if tri else ops_patch._gather.native_backward]:
+        torch.library.opcheck(op, (torch.randn(2, 3, 3, 4, 4, dtype=F64).to(dev), corners, 9, 10))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend_device):
+    backend, dev = backend_device
     torch._dynamo.reset()
 
     def step(I, J):
@@ -450,8 +455,8 @@ def test_torch_compile_fullgraph(backend):
         b = F.gather_patches(J, r.dark_corner, 4, backend=backend)
         return (a - b).abs().mean(), r.dark_index
 
-    I = _img((2, 3, 12, 16), seed=19)
-    J = _img((2, 3, 12, 16), seed=20).requires_grad_()
+    I = _img((2, 3, 12, 16), seed=19).to(dev)
+    J = _img((2, 3, 12, 16), seed=20).to(dev).requires_grad_()
     comp = torch.compile(step, fullgraph=True)
     loss_c, idx_c = comp(I, J)
     loss_e, idx_e = step(I, J)
