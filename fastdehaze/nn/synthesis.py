@@ -163,7 +163,8 @@ class HazeSynthesis(nn.Module):
             if not isinstance(m, torch.Tensor) or not m.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor [B,1,H,W], got "
                                 f"{m.dtype if isinstance(m, torch.Tensor) else type(m).__name__}")
-            if m.dim() != 4 or m.shape[0] != J.shape[0] or m.shape[2:] != J.shape[2:] or m.shape[1] not in (1, J.shape[1]):
+            if (m.dim() != 4 or m.shape[0] != J.shape[0] or m.shape[2:] != J.shape[2:]
+                    or m.shape[1] not in (1, J.shape[1])):
                 raise ValueError(f"{name} must be [B,1,H,W] or [B,C,H,W] matching J {tuple(J.shape)}, "
                                  f"got shape {tuple(m.shape)}")
         B, C = J.shape[:2]
