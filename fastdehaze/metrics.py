@@ -19,7 +19,9 @@ README's tables are computed (mean of per-image PSNR, not PSNR of the mean error
   :func:`ciede2000` raises ImportError, and ``fastdehaze eval`` leaves the column out and
   says so). torchmetrics has no CIEDE2000.
 
-Computations are done in float64 on the inputs' device (CPU tensors stay on the CPU).
+PSNR and CIEDE2000 are computed in float64, SSIM's convolutions in float32 (torchmetrics'
+float64 convolution is ~17x slower on the CPU; the difference is < 1e-5 on [0, 1] images), on
+the inputs' device (CPU tensors stay on the CPU); results are float64.
 
 Raises (every function): TypeError if an input is not a floating tensor; ValueError if the
 shapes differ, an input is not 3-d/4-d, or (ciede2000) the images are not RGB.
@@ -62,8 +64,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x and y must be at least 11x11 for SSIM's 11x11 window, got {tuple(x.shape[-2:])}")
     if x.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=x.device)
-    return structural_similarity_index_measure(x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11,
-                                               data_range=1.0, k1=0.01, k2=0.03, reduction="none")
+    # float32 convolutions: torchmetrics' float64 path is ~17x slower on the CPU (14 s for one
+    # 620x460 image); on [0, 1] images the float32 result differs by < 1e-5
+    return structural_similarity_index_measure(x.float(), y.float(), gaussian_kernel=True, sigma=1.5,
+                                               kernel_size=11, data_range=1.0, k1=0.01, k2=0.03,
+                                               reduction="none").double()
 
 
 def ciede2000_available() -> bool:
