@@ -271,7 +271,8 @@ def _window_ref(lines, r, is_max):
 @pytest.mark.parametrize("is_max", [False, True])
 @pytest.mark.parametrize("columns", [False, True])
 @pytest.mark.parametrize("n,patch", [(1, 1), (1, 7), (2, 3), (5, 1), (7, 3), (16, 3), (17, 5), (31, 7), (40, 15),
-                                     (9, 31), (257, 9), (100, 201)])
+                                     (9, 31), (257, 9), (100, 201),
+                                     (15, 3), (30, 5), (26, 13)])  # n = multiple of w: a tail task starting at n
 def test_dcp_window_tasks_match_bruteforce(n, patch, is_max, columns):
     import numpy as np
     gen = np.random.default_rng(n * 1000 + patch + 7 * is_max + 3 * columns)

@@ -216,7 +216,7 @@ __global__ void atmo_scan_kernel(grid::Plan pl, long long* __restrict__ cnt, int
 }
 
 template <typename T>
-__global__ void atmo_take_kernel(grid::Plan pl, const T* __restrict__ I, const T* __restrict__ dark,
+__global__ void __launch_bounds__(1024) atmo_take_kernel(grid::Plan pl, const T* __restrict__ I, const T* __restrict__ dark,
                                  const long long* __restrict__ state, const long long* __restrict__ off,
                                  opmath<T>* __restrict__ part, int64_t C, int64_t HW) {
   using M = opmath<T>;

@@ -20,8 +20,8 @@ void check_args(const at::Tensor& I, int64_t patch, const char* op) {
   check_cuda(I, "I");
   TORCH_CHECK(I.dim() == 4, "fastdehaze::", op, ": I must be [B,C,H,W]");
   TORCH_CHECK(patch > 0 && patch % 2 == 1, "fastdehaze::", op, ": patch must be a positive odd integer");
-  TORCH_CHECK(I.size(2) < (int64_t(1) << 31) && I.size(3) < (int64_t(1) << 31), "fastdehaze::", op,
-              ": H and W must be < 2^31 on CUDA");
+  TORCH_CHECK(I.size(2) < (int64_t(1) << 29) && I.size(3) < (int64_t(1) << 29), "fastdehaze::", op,
+              ": H and W must be < 2^29 on CUDA (int32 line positions)");
 }
 
 at::Tensor window_cuda(const at::Tensor& I, int64_t patch, bool is_max, const at::Tensor* A, double omega,

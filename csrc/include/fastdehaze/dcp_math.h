@@ -71,10 +71,10 @@ template <> struct KeyOf<double> { using type = uint64_t; };
 // x = p - r for p in [j w, min((j+1) w, n + r)), exactly as the sequential pass does at step p
 // (g restarts at j w, a block start). Its windows with lo in block j-1 need that block's h
 // (suffix) extrema: task j computes them itself (into hv/ha at block j-1's positions, which no
-// other task writes), so the tasks of a line need no synchronisation. Tasks with j w >= n (the
-// tail of the last block) start g at the whole last real block (= its h at the block start,
-// the same first position on ties). Element p of a line at vals[p * s] (likewise hv, ha, ov,
-// oa); int32 positions (n < 2^31).
+// other task writes), so the tasks of a line need no synchronisation. A task with j w >= n only
+// emits tail outputs whose windows lie in block j-1 and do not start at its first position, so
+// it reads h only (its g is never used). Element p of a line at vals[p * s] (likewise hv, ha,
+// ov, oa); int32 positions: n < 2^29 and r <= n keep n + 3r and j w in int32.
 FD_HD int32_t line_tasks(int32_t n, int32_t r) { return (n + r + 2 * r) / (2 * r + 1); }
 
 template <bool IS_MAX, bool ARG, typename M>
@@ -95,10 +95,6 @@ FD_HD void window_task(const M* vals, int64_t s, int32_t n, int32_t r, int32_t j
       }
       hv[p * s] = h;
       if (ARG) ha[p * s] = hpos;
-    }
-    if (b0 >= n) {
-      g = h;
-      gpos = hpos;
     }
   }
   const int32_t pend = b0 + w < n + r ? b0 + w : n + r;
