@@ -17,6 +17,9 @@ Environment:
                           "none" builds no extension (the package metadata only: scripts/setup.sh
                           installs that with pip, then builds the families in parallel with
                           scripts/build_ext.py)
+  FASTDEHAZE_PARTS        "cpu", "cuda" or "cpu,cuda" (default): which of each family's two
+                          extensions to build (scripts/build_ext.py --split builds them in two
+                          processes on many-core machines)
   FASTDEHAZE_CPU_FLAGS    extra C++ flags for the CPU kernels (default: -march=native on x86-64)
 """
 import glob
@@ -81,11 +84,12 @@ def _extensions():
     # command line changed), so headers and setup.py (flags) go into depends.
     depends = sorted(glob.glob(os.path.join(ROOT, "csrc", "include", "**", "*.h"), recursive=True)
                      + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")) + [os.path.join(ROOT, "setup.py")])
-    for fam in fams:
+    parts = {p.strip() for p in os.environ.get("FASTDEHAZE_PARTS", "cpu,cuda").split(",")}
+    for fam in (fams if "cpu" in parts else []):
         srcs = [f"csrc/schemas/{fam}.cpp"] + ([f"csrc/cpu/{fam}.cpp"] if os.path.exists(os.path.join(ROOT, "csrc", "cpu", f"{fam}.cpp")) else [])
         exts.append(CppExtension(f"fastdehaze._C_{fam}", srcs, include_dirs=inc, depends=depends,
                                  extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]))
-    use_cuda, why = _want_cuda(torch)
+    use_cuda, why = _want_cuda(torch) if "cuda" in parts else (False, "FASTDEHAZE_PARTS=" + ",".join(sorted(parts)))
     print(f"fastdehaze: CUDA extensions {'ON' if use_cuda else 'OFF'} ({why}); families: {', '.join(fams)}")
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
