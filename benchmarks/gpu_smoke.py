@@ -434,13 +434,20 @@ def _hook_cases(gpu: bool):
             import fastdehaze.train  # noqa: F401
         except Exception as e:  # noqa: BLE001
             raise NotAvailable(f"fastdehaze.train: {type(e).__name__}: {e}")
+        import numpy as np
+        from PIL import Image
         with tempfile.TemporaryDirectory() as tmp:
-            r = subprocess.run([sys.executable, "-m", "fastdehaze", "train", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=60)
-            if r.returncode:
-                raise NotAvailable(f"fastdehaze train --help: exit {r.returncode}")
-            _cli("train", "--synthetic", "--steps", "2", "--out", tmp, "--device", "cuda", "--dist-backend", "nccl",
-                 torchrun=True, timeout=180)
+            tmp = pathlib.Path(tmp)
+            rng = np.random.default_rng(0)
+            for sub in ("hazy", "clear"):
+                (tmp / "data" / sub).mkdir(parents=True)
+                for i in range(4):
+                    Image.fromarray((rng.random((48, 48, 3)) * 255).astype("uint8")).save(tmp / "data" / sub / f"{i}.png")
+            (tmp / "c.toml").write_text(
+                f'[data]\ntrain = ["{tmp / "data"}"]\ncrop = 32\nnum_workers = 0\n'
+                f'[model]\nbase = "AODNet"\n'
+                f'[run]\ndir = "{tmp / "run"}"\nsteps = 2\nbatch_size = 2\ndevice = "cuda"\n')
+            _cli("train", "--config", str(tmp / "c.toml"), torchrun=True, timeout=180)
 
     return {"train step AODNet bf16 channels_last": aod,
             "train step ProgressiveDehazer(UNet) bf16 channels_last": unet_progressive,
