@@ -168,7 +168,7 @@ def _triton_launcher(family: str, name: str) -> Callable:
     import importlib
     try:
         return getattr(importlib.import_module(f"fastdehaze.kernels.{family}"), name)
-    except ImportError:
+    except Exception:  # no triton (ImportError) or an incompatible one: raise at the first call
         pass
 
     def launch(*args):

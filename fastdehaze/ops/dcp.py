@@ -37,7 +37,7 @@ A_MIN = _ref.A_MIN
 
 try:  # imported at import (never inside a torch.compile trace); triton is optional
     from ..kernels import dcp as _kernels
-except ImportError:
+except Exception:
     _kernels = None
 
 
