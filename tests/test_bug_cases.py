@@ -159,10 +159,6 @@ def test_row33_no_aliasing(backend_device, name, grad_mode):
 
 
 # ---- row 34: mixed dtypes under autocast -----------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="row 34: contrastive_distance/_loss raise TypeError "
-                   "('positive must have the dtype of anchor') for a bf16 anchor from an autocast network and fp32 "
-                   "positives/negatives computed outside autocast; needs an autocast policy (promote to "
-                   "torch.result_type or register_autocast) in fastdehaze/ops/contrastive.py (its owner's decision)")
 def test_row34_autocast_contrastive_mixed_dtypes(backend_device):
     b, dev = backend_device
     a = _rand(1, 4, 6, 7, dev=dev, grad=True)
@@ -174,6 +170,14 @@ def test_row34_autocast_contrastive_mixed_dtypes(backend_device):
     torch.testing.assert_close(loss.detach(), ref.float(), rtol=1e-2, atol=1e-3)
     loss.backward()
     assert a.grad is not None and torch.isfinite(a.grad).all()
+    # the loss over layers, and the anchor's gradient in the anchor's own dtype
+    ab = a.detach().to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total = F.contrastive_loss([ab], [p], [p.flip(-1)[None]], layer_weights=(1.0,), backend=b)
+    assert total.dtype == torch.float32
+    torch.testing.assert_close(total.detach(), ref.float(), rtol=1e-2, atol=1e-3)
+    total.backward()
+    assert ab.grad.dtype == torch.bfloat16 and torch.isfinite(ab.grad.float()).all()
 
 
 def test_row34_autocast_recover_guided_mixed_dtypes(backend_device):

@@ -234,8 +234,10 @@ def test_bad_input():
         F.contrastive_distance(a, p, [a, torch.rand(1, 2, 4, 3)])
     with pytest.raises(ValueError, match="negatives"):
         F.contrastive_distance(a, p, torch.rand(2, 1, 2, 3, 4))
-    with pytest.raises(TypeError, match="positive"):
-        F.contrastive_distance(a, p.double(), n)
+    # mixed floating dtypes are promoted (bug-case row 34), not rejected: float32 anchor + float64 positive
+    mixed = F.contrastive_distance(a, p.double(), n)
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, F.contrastive_distance(a.double(), p.double(), n.double(), backend="reference"))
     with pytest.raises(TypeError, match="anchor"):
         F.contrastive_distance(a.to(torch.int32), p, n)
     with pytest.raises(TypeError, match="negatives"):

@@ -29,7 +29,10 @@ detached (as in all three sources); negative and layer weights are constants. Th
 one ``contrastive_loss`` call are one op: one kernel launch over all layers on CUDA C++, one
 parallel loop on the CPU, one launch per layer (no synchronisation) in Triton.
 
-Dtypes: all features of a call share one dtype (float16/bfloat16/float32/float64). The
+Dtypes: float16/bfloat16/float32/float64. Features of one layer with different dtypes (under
+autocast: a bf16 anchor from the network, fp32 positives/negatives computed outside it) are
+promoted to one dtype with ``torch.promote_types``; the anchor's gradient comes back in the
+anchor's own dtype. The
 result is a 0-d float32 tensor for half and float32 features (a ratio near 1/eps = 1e7 does
 not fit fp16; autocast likewise returns l1_loss in float32) and float64 for float64.
 Layouts: any strides; a dense anchor (e.g. channels_last) is read in place, and positives or
@@ -203,6 +206,26 @@ def _like(x, name: str, anchor: torch.Tensor, anchor_name: str) -> torch.Tensor:
     return x
 
 
+def _promoted(anchor, positive, negatives):
+    """Autocast mixes dtypes: a bf16/fp16 anchor (the network's features) with fp32 positives and
+    negatives computed outside autocast (bug-case row 34). Floating features of different dtypes
+    are promoted to one dtype (``torch.promote_types``); the anchor's cast is differentiable, so
+    its gradient comes back in its own dtype. Anything else is left for the checks to reject."""
+    ts = [anchor, positive] + (list(negatives) if isinstance(negatives, (list, tuple)) else [negatives])
+    ts = [t for t in ts if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not ts or all(t.dtype == ts[0].dtype for t in ts):
+        return anchor, positive, negatives
+    dt = ts[0].dtype
+    for t in ts[1:]:
+        dt = torch.promote_types(dt, t.dtype)
+
+    def cast(t):
+        return t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    negatives = [cast(n) for n in negatives] if isinstance(negatives, (list, tuple)) else cast(negatives)
+    return cast(anchor), cast(positive), negatives
+
+
 def _negatives(negatives, anchor: torch.Tensor, name: str, anchor_name: str) -> list:
     """negatives as a list of K detached tensors shaped like the anchor (K >= 1)."""
     if isinstance(negatives, torch.Tensor):
@@ -298,13 +321,13 @@ def contrastive_distance(anchor, positive, negatives=None, negative_weights=None
         the finite d(a, p) / eps; NaN in any input gives NaN.
 
     Raises:
-        TypeError: a non-tensor or non-floating feature, a dtype differing from the anchor's,
-            a non-float eps or non-bool ablation.
+        TypeError: a non-tensor or non-floating feature, a non-float eps or non-bool ablation.
         ValueError: a shape differing from the anchor's, zero negatives, a wrong number of,
             negative or non-finite weights, eps < 0 or NaN, features on different devices.
         RuntimeError: the requested backend is unavailable for the anchor's device.
     """
     _feature(anchor, "anchor")
+    anchor, positive, negatives = _promoted(anchor, positive, negatives)
     _like(positive, "positive", anchor, "anchor")
     eps, ablation = _scalars(eps, ablation)
     negs = [] if (ablation and negatives is None) else _negatives(negatives, anchor, "negatives", "anchor")
@@ -347,7 +370,8 @@ def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYE
         0-d tensor: float32 for half and float32 features, float64 for float64.
 
     Raises:
-        TypeError: non-sequence arguments, non-tensor or non-floating features, mixed dtypes.
+        TypeError: non-sequence arguments, non-tensor or non-floating features, anchors of
+            different dtypes after promotion within each layer.
         ValueError: mismatched numbers of layers or weights, shapes differing from the anchor
             of the layer, zero negatives or K varying across layers, negative or non-finite
             weights, eps < 0 or NaN, features on different devices.
@@ -363,6 +387,12 @@ def contrastive_loss(anchors, positives, negatives=None, layer_weights=AECR_LAYE
     if len(positives) != L:
         raise ValueError(f"positives must hold one tensor per layer ({L}), got {len(positives)}")
     eps, ablation = _scalars(eps, ablation)
+    if negatives is None or (isinstance(negatives, (list, tuple)) and len(negatives) == L):
+        promoted = [_promoted(anchors[l], positives[l], None if negatives is None else negatives[l]) for l in range(L)]
+        anchors = [a for a, _, _ in promoted]
+        positives = [q for _, q, _ in promoted]
+        if negatives is not None:
+            negatives = [n for _, _, n in promoted]
     a0 = _feature(anchors[0], "anchors[0]")
     for l in range(L):
         a = _feature(anchors[l], f"anchors[{l}]")
