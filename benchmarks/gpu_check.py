@@ -58,6 +58,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+from build_ext import kill_group  # noqa: E402  (SIGTERM, then SIGKILL, a process group)
 T0 = time.time()
 FUSED, EAGER, COMPILE = ("cuda", "triton", "cpu"), ("eager",), ("compile",)
 
@@ -92,22 +94,6 @@ def report_dir(args) -> pathlib.Path:
     p = out_dir() or pathlib.Path(args.results_dir)
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def kill_group(proc, grace=3.0):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def run_group(cmd, timeout, log_path=None, env=None, echo=True, tail_lines=40):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .bases import _int_arg
 
 try:  # L's registry (fastdehaze/nn/bases.py); a no-op until that file exists
     from .bases import register_architecture as _register
@@ -51,14 +52,6 @@ class ProgressiveOutput(NamedTuple):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-def _int_arg(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return v
-
 
 def _float_arg(v, name, lo, hi, lo_open=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
