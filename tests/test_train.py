@@ -132,6 +132,17 @@ def test_corrupt_image_is_skipped(tiny, tmp_path, capsys):
     assert [r["skipped"] for r in rows if "loss" in r][-1] == 1
 
 
+
+def test_run_with_every_sample_skipped_is_an_error(tiny, tmp_path):
+    """All images smaller than the crop with data.small=skip: no usable sample, so the run stops
+    with an error after one epoch instead of "training" on empty batches and exiting 0."""
+    from fastdehaze.train.loop import train
+    cfg = load_config(None, [f'data.train=["{tiny / "train"}"]', f"run.dir={tmp_path / 'run'}", *SMALL,
+                             "data.crop=96", "data.small=skip", "run.steps=8", "run.batch_size=2",
+                             "data.num_workers=0"])
+    with pytest.raises(ValueError, match="no usable training sample"):
+        train(cfg)
+
 def test_sample_draws_depend_only_on_seed_epoch_index(tiny):
     from fastdehaze.train.data import TrainDataset, find_pairs
     ds = TrainDataset(find_pairs(tiny / "train"), crop=48)

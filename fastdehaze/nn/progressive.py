@@ -133,6 +133,8 @@ def _build(spec, what: str, trust_code: bool) -> nn.Module:
         obj = importlib.import_module(mod)
         for part in qual.split("."):
             obj = getattr(obj, part)
+        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+            raise ValueError(f"{what} names {name!r}, which is not an nn.Module class")
         return obj(**args)
     raise ValueError(f"{what} names an unknown architecture {name!r}; built-in: {sorted(reg)}")
 

@@ -47,6 +47,11 @@ def run_command(args) -> int:
     except ConfigError as e:
         print(f"fastdehaze {args.command}: {e}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        # argument and file problems found after parsing (run.device=cuda without CUDA, a missing
+        # --resume file, an output folder that does not exist): one line, exit 2, no traceback
+        print(f"fastdehaze {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_train(args) -> int:

@@ -315,6 +315,7 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
     seen = set(corrupt)
     bar = _Progress(R.steps, step, master, R.log_every)
     last_loss, stopped, last_path, seen_idx = float("nan"), False, None, []
+    used, steps_here = 0, 0  # usable samples and steps taken in this process (to refuse a run on no data)
     if master and val_loader is not None and R.val_at_start and step == 0:
         do_val()
     trained.train()
@@ -337,6 +338,10 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                             log.write({"event": "skipped", "step": step, "what": msg, "count": len(corrupt)})
                 seen_idx += batch["index"]
                 loss = _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params)
+                used, steps_here = used + int(batch["n"]), steps_here + 1
+                if not info.enabled and used == 0 and steps_here >= steps_per_epoch:
+                    raise ValueError(f"no usable training sample: all {len(ds)} samples of an epoch were skipped "
+                                     f"({len(corrupt)} reported above; see data.crop / data.small)")
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
