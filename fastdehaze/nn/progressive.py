@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import ops
 from .bases import _int_arg
+from .bases import pad_to_multiple as _pad_to
 
 try:  # L's registry (fastdehaze/nn/bases.py); a no-op until that file exists
     from .bases import register_architecture as _register
@@ -73,15 +74,6 @@ def _check_image(I, name="I"):
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(I.shape)}")
 
 
-def _pad_to(x: torch.Tensor, m: int):
-    """Pad x [B,C,H,W] on the bottom/right to multiples of m: reflection where the side allows it
-    (pad < size), replication otherwise (e.g. a 1-pixel side). Returns (padded, H, W)."""
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % m, (-W) % m
-    if ph == 0 and pw == 0:
-        return x, H, W
-    mode = "reflect" if (ph < H and pw < W) else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), H, W
 
 
 def _luma(I: torch.Tensor) -> torch.Tensor:
