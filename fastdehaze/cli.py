@@ -608,12 +608,36 @@ def model_image(img, model, *, tile=2048, device="cpu", precision="fp32", channe
     return out[0].permute(1, 2, 0).numpy()
 
 
+def _is_torch_checkpoint(path) -> bool:
+    """Whether ``path`` looks like a ``torch.save`` file (what ``fastdehaze train`` writes), judged
+    from its container only, never unpickled: a zip archive holding a ``data.pkl`` (the format
+    since torch 1.6) or a file starting with a pickle protocol 2-5 opcode (the legacy format)."""
+    import zipfile
+    try:
+        if not os.path.isfile(path):
+            return False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+        with open(path, "rb") as f:
+            head = f.read(2)
+        return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _load_cli_model(args, device):
     """--model -> the model on ``device`` (a usage error, status 2, when it cannot be loaded)."""
-    from .nn.files import load_model
+    from .nn.files import ModelFileError, load_model
     try:
         model = load_model(args.model, trust_code=args.trust_code, map_location="cpu")
-    except ValueError as e:   # ModelFileError, unknown name, trust_code refusal
+    except ModelFileError as e:
+        if _is_torch_checkpoint(args.model):
+            _usage_error(f"--model: {args.model} is a training checkpoint (a torch pickle of `fastdehaze train`), "
+                         f"not a model file: run `python3 -m fastdehaze export {args.model} model.safetensors` "
+                         "first and pass --model model.safetensors")
+        _usage_error(f"--model: {e}")
+    except ValueError as e:   # unknown name, trust_code refusal
         _usage_error(f"--model: {e}")
     except (OSError, RuntimeError, ImportError) as e:
         _usage_error(f"--model: {args.model}: {type(e).__name__}: {e}")

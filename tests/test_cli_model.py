@@ -449,3 +449,31 @@ def test_model_image_autocast_and_channels_last_path(model_file, precision):
     assert whole.shape == (40, 45, 3) and whole.dtype == np.uint8
     assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
     assert np.abs(whole.astype(int) - ref.astype(int)).max() <= (0 if precision == "fp32" else 8)
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_training_checkpoint_as_model_says_export_first(tmp_path, model_file, capsys, zipped):
+    """A .pt of `fastdehaze train` (torch.save: a zip with data.pkl, or the legacy pickle) given
+    to --model: one line saying it is a training checkpoint and how to export it (exit 2)."""
+    _save(tmp_path / "x.png", _hazy_u8())
+    m = TinyNet(4)
+    ckpt = tmp_path / "step_100.pt"
+    torch.save({"model": m.state_dict(), "spec": fnn.model_spec(m), "step": 100}, ckpt,
+               _use_new_zipfile_serialization=zipped)
+    with pytest.raises(SystemExit) as e:
+        _run(ckpt, tmp_path / "x.png", "-o", tmp_path / "o")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"fastdehaze: --model: {ckpt} is a training checkpoint"), err
+    assert f"python3 -m fastdehaze export {ckpt} model.safetensors" in err, err
+    assert not (tmp_path / "o").exists()
+    # a corrupt model file, or a zip that is not a torch file, keeps the model-file message
+    import zipfile
+    other = tmp_path / "other.safetensors"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("readme.txt", "not a torch file")
+    for bad in (other,):
+        with pytest.raises(SystemExit):
+            _run(bad, tmp_path / "x.png", "-o", tmp_path / "o")
+        err = capsys.readouterr().err
+        assert "training checkpoint" not in err and "not a readable safetensors file" in err, err
