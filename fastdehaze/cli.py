@@ -112,6 +112,9 @@ DCP_DEFAULTS = dict(patch=15, omega=0.95, top=0.001, radius=60, eps=1e-3, t0=0.1
 DEMO_IMAGES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
                "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: the demo's smallest --size (long side): the short side of the widest photo (text, 448x172) must
+#: still hold SSIM's 11x11 window
+DEMO_MIN_SIZE = 32
 
 
 def _add_dcp_args(p):
@@ -200,12 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", default="out", metavar="OUTDIR", help="output folder (default ./out)")
     m.add_argument("--image", default="astronaut", choices=DEMO_IMAGES,
                    help="scikit-image sample bundled with it: astronaut (default), chelsea, coffee, ...")
-    m.add_argument("--A", type=float, default=0.9, help="atmospheric light of the synthetic haze (default 0.9)")
-    m.add_argument("--beta", type=float, default=1.5, help="scattering coefficient for the depth proxy (default 1.5)")
+    m.add_argument("--A", type=float, default=0.9,
+                   help="atmospheric light of the synthetic haze, in (0, 1] (default 0.9)")
+    m.add_argument("--beta", type=float, default=1.5,
+                   help="scattering coefficient for the depth proxy, > 0 (default 1.5)")
     m.add_argument("--backends", default=None,
                    help="comma list of backends to run (default: every one available for the device)")
-    m.add_argument("--size", type=int, default=None, help="resize the photo to this many pixels on its long side")
-    m.add_argument("--repeat", type=int, default=3, help="timed runs per backend, the best is reported (default 3)")
+    m.add_argument("--size", type=int, default=None,
+                   help=f"resize the photo to this many pixels on its long side, at least {DEMO_MIN_SIZE} (the "
+                        "short side must hold SSIM's 11x11 window; default: the photo's own size, 96 with --quick)")
+    m.add_argument("--repeat", type=int, default=3,
+                   help="timed runs per backend, >= 1; the best is reported (default 3)")
     m.add_argument("--quick", action="store_true", help="a 96-pixel image and one run (for tests)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
     m.add_argument("--backend", default=None, choices=("reference", "cpu", "cuda", "triton"),
@@ -973,6 +981,20 @@ def _load_sample(name):
     return a[:, :, :3]
 
 
+def _validate_demo_args(args):
+    """The demo's numeric flags (usage errors, status 2, naming the flag)."""
+    import math
+    if not (math.isfinite(args.A) and 0 < args.A <= 1):
+        _usage_error(f"--A: the atmospheric light must be in (0, 1], got {args.A}")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        _usage_error(f"--beta: the scattering coefficient must be a finite number > 0, got {args.beta}")
+    if args.size is not None and args.size < DEMO_MIN_SIZE:
+        _usage_error(f"--size: must be >= {DEMO_MIN_SIZE} pixels on the long side (the short side must hold "
+                     f"SSIM's 11x11 window), got {args.size}")
+    if args.repeat < 1:
+        _usage_error(f"--repeat: must be >= 1, got {args.repeat}")
+
+
 def cmd_demo(args) -> int:
     import numpy as np
     import torch
@@ -980,6 +1002,7 @@ def cmd_demo(args) -> int:
     import fastdehaze
     from .io import quantize
     from .nn.dehazers import DarkChannelDehazer
+    _validate_demo_args(args)
     _validate_dcp_args(args)
     device = _resolve_device(args.device)
     if args.backend is not None and args.backends:
@@ -994,7 +1017,10 @@ def cmd_demo(args) -> int:
         H, W = clean.shape[-2:]
         s = size / max(H, W)
         clean = F.interpolate(clean, size=(max(1, round(H * s)), max(1, round(W * s))), mode="area").clamp(0, 1)
-    repeat = 1 if args.quick else max(1, args.repeat)
+    if min(clean.shape[-2:]) < 11:
+        _usage_error(f"--size: {size} makes the short side of '{args.image}' {min(clean.shape[-2:])} pixels, "
+                     "smaller than SSIM's 11x11 window; give a larger --size")
+    repeat = 1 if args.quick else args.repeat
     hazy, _ = haze_demo_image(clean, args.A, args.beta)
 
     def np_img(x):

@@ -441,6 +441,30 @@ def test_demo_backend_and_image_allow_list(tmp_path, capsys):
         assert a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8, name
 
 
+@pytest.mark.parametrize("opt,value", [("--size", "3"), ("--size", "0"), ("--size", "-5"), ("--beta", "-1"),
+                                       ("--beta", "0"), ("--beta", "nan"), ("--A", "0"), ("--A", "1.5"),
+                                       ("--A", "-0.2"), ("--A", "inf"), ("--repeat", "0")])
+def test_demo_bad_numeric_flags_are_usage_errors(tmp_path, capsys, opt, value):
+    """demo --size 3 / --beta -1 / ... : one line naming the flag, exit 2, nothing written (was a
+    ValueError traceback from SSIM or the haze op)."""
+    pytest.importorskip("skimage")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--quick", "-o", str(tmp_path / "o"), "--patch", "5", "--radius", "8", opt, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"fastdehaze: {opt}: "), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_smallest_size_runs_on_the_widest_photo(tmp_path, capsys):
+    """The documented minimum --size works, also for 'text' (448x172, the widest photo)."""
+    pytest.importorskip("skimage")
+    rc = cli.main(["demo", "--quick", "-o", str(tmp_path), "--patch", "5", "--radius", "8", "--image", "text",
+                   "--size", str(cli.DEMO_MIN_SIZE), "--backends", "reference"])
+    assert rc == 0, capsys.readouterr()
+    assert str(cli.DEMO_MIN_SIZE) in cli.build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+
+
 def test_demo_reports_a_backend_that_fails_to_compile(tmp_path, capsys, monkeypatch):
     """gpu-readiness P0 #1: Triton's CompilationError is not a RuntimeError; the demo reports the
     backend as failed and goes on with the others."""
