@@ -4,7 +4,7 @@
     fastdehaze dehaze INPUT... -o OUTDIR --model M [...]  dehazing with a trained model file
     fastdehaze synth CLEAR DEPTH -o OUT [options]          a hazy training set (RESIDE ITS layout)
     fastdehaze models [FILE...]                            the shipped models (or what files hold)
-    fastdehaze demo [-o OUTDIR]                            hazes a bundled photo, dehazes it, scores it
+    fastdehaze demo [-o OUTDIR] [--model M]                hazes a bundled photo, dehazes it (DCP, model), scores it
     fastdehaze info                                        which backends are built / loaded
 
 Layers: this module uses ``fastdehaze.nn`` (DarkChannelDehazer, dehaze_tiled, model files,
@@ -115,6 +115,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 #: the demo's smallest --size (long side): the short side of the widest photo (text, 448x172) must
 #: still hold SSIM's 11x11 window
 DEMO_MIN_SIZE = 32
+#: the model the demo runs by default when it ships (else the first of fastdehaze.nn.list_models())
+DEMO_DEFAULT_MODEL = "prm_dcp_sots_indoor"
 
 
 def _add_dcp_args(p):
@@ -193,13 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "FILE arguments, verifies and describes those model files instead.")
     mo.add_argument("files", nargs="*", metavar="FILE", help="model files to describe")
 
-    m = sub.add_parser("demo", help="haze a bundled photo, dehaze it with each backend, print PSNR/SSIM and times",
+    m = sub.add_parser("demo", help="haze a bundled photo, dehaze it with each backend and the shipped model, "
+                                    "print PSNR/SSIM and times",
                        description="Hazes a photo bundled with scikit-image through the scattering model "
                                    "I = J t + A (1 - t), t = exp(-beta d), with a depth proxy d that grows "
                                    "linearly from 0 at the bottom row to 1 at the top row (the ground is near, "
-                                   "the top of the frame far), dehazes it with every available backend, prints "
-                                   "PSNR/SSIM (skimage.metrics) against the clean photo and the time of each, and "
-                                   "writes hazy | dehazed | clean side by side as a PNG.")
+                                   "the top of the frame far), dehazes it with every available DCP backend and "
+                                   "with the shipped model (--model), prints PSNR/SSIM (fastdehaze.metrics) "
+                                   "against the clear photo and the time of each, and writes hazy | DCP | model | "
+                                   "clear side by side as a PNG (hazy | DCP | clear with --model none).")
     m.add_argument("-o", "--output", default="out", metavar="OUTDIR", help="output folder (default ./out)")
     m.add_argument("--image", default="astronaut", choices=DEMO_IMAGES,
                    help="scikit-image sample bundled with it: astronaut (default), chelsea, coffee, ...")
@@ -213,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"resize the photo to this many pixels on its long side, at least {DEMO_MIN_SIZE} (the "
                         "short side must hold SSIM's 11x11 window; default: the photo's own size, 96 with --quick)")
     m.add_argument("--repeat", type=int, default=3,
-                   help="timed runs per backend, >= 1; the best is reported (default 3)")
+                   help="timed runs per backend and of the model, >= 1; the best is reported (default 3)")
+    m.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="the model of the third panel: a shipped model's name (see `fastdehaze models`) or a model "
+                        "file (default: the shipped model, " + DEMO_DEFAULT_MODEL + " when it ships); 'none': no "
+                        "model panel (hazy | DCP | clear). It runs on --device in float32")
+    m.add_argument("--trust-code", action="store_true",
+                   help="allow a --model file that names a user class (module:Class): imports and runs that module")
     m.add_argument("--quick", action="store_true", help="a 96-pixel image and one run (for tests)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
     m.add_argument("--backend", default=None, choices=("reference", "cpu", "cuda", "triton"),
@@ -1010,6 +1020,7 @@ def cmd_demo(args) -> int:
     if args.backend is not None:
         _check_backend(args.backend, device)
         args.backends = args.backend
+    net, net_label = _demo_model(args, device)
     _make_output_folder(args.output)
     clean = torch.from_numpy(_load_sample(args.image)).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255
     size = 96 if args.quick and args.size is None else args.size
@@ -1067,16 +1078,86 @@ def cmd_demo(args) -> int:
         p, s = score(results[b])
         ms = min(times) * 1e3
         print(f"  DCP {b:<8} PSNR {p:6.2f} dB  SSIM {s:.4f}  time {ms:9.1f} ms  ({H * W / min(times) / 1e6:7.2f} MP/s)")
+    net_out = None
+    if net is not None:
+        try:
+            times = []
+            for _ in range(repeat):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_start = time.perf_counter()
+                y = _demo_model_forward(net, x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t_start)
+        except Exception as e:  # noqa: BLE001  (as a DCP backend: reported, the others are still shown)
+            failed += 1
+            msg = " ".join(str(e).split())
+            print(f"  {net_label} failed: {type(e).__name__}: {msg[:300]}")
+        else:
+            net_out = y.cpu()
+            p, s = score(net_out)
+            ms = min(times) * 1e3
+            print(f"  {net_label:<12} PSNR {p:6.2f} dB  SSIM {s:.4f}  time {ms:9.1f} ms  "
+                  f"({H * W / min(times) / 1e6:7.2f} MP/s)")
     if not results:
         print("fastdehaze demo: no backend ran", file=sys.stderr)
         return 1
     shown = next(b for b in ("cuda", "cpu", "triton", "reference") if b in results)
-    side = torch.cat([hazy, results[shown], clean], dim=3)
+    panels, names = [hazy, results[shown]], ["hazy", f"DCP backend {shown}"]
+    if net_out is not None:
+        panels.append(net_out)
+        names.append(net_label)
+    side = torch.cat(panels + [clean], dim=3)
     out = os.path.join(args.output, f"demo_{args.image}.png")
     write_atomic(out, quantize(side[0].permute(1, 2, 0).contiguous(), 8).numpy(), overwrite=True)
-    print(f"fastdehaze demo: wrote {out} (hazy | dehazed with backend {shown} | clean); "
+    print(f"fastdehaze demo: wrote {out} ({' | '.join(names + ['clear'])}); "
           "PSNR/SSIM from fastdehaze.metrics (per image on [0, 1]; SSIM 11x11 Gaussian window, sigma 1.5)")
     return 1 if failed else 0
+
+
+def _demo_model(args, device):
+    """The demo's --model on ``device`` and its label ("model NAME"), or (None, None) for
+    --model none or when no model ships (a note is printed). Load errors are usage errors."""
+    from .nn.files import list_models
+    if args.model is not None and args.model.lower() == "none":
+        return None, None
+    if args.model is None:
+        shipped = list_models()
+        if not shipped:
+            print("fastdehaze demo: no trained model ships with this version; the PNG has no model panel")
+            return None, None
+        args.model = DEMO_DEFAULT_MODEL if DEMO_DEFAULT_MODEL in shipped else shipped[0]
+    model = _load_cli_model(args, device)
+    name = args.model
+    if os.path.isfile(name):
+        name = os.path.splitext(os.path.basename(name))[0]
+    return model, f"model {name}"
+
+
+def _demo_model_forward(model, x):
+    """The model on the float image ``x`` [1,3,H,W] in [0, 1] (float32, inference mode, the
+    model's value range): [1,3,H,W] in [0, 1], float32."""
+    import torch
+    info = getattr(model, "model_file_info", {}) or {}
+    lo, hi = info.get("value_range") or getattr(model, "value_range", (0.0, 1.0))
+    p = next(iter(model.parameters()), None)
+    x = x.to(dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    if (lo, hi) != (0.0, 1.0):
+        x = x * (hi - lo) + lo
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = model(x)
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] != 3 or y.shape[-2:] != x.shape[-2:]:
+        raise RuntimeError(f"the model returned {getattr(y, 'shape', type(y).__name__)} for an input of shape "
+                           f"{tuple(x.shape)}; expected [1,3,H,W] of the same size")
+    y = y.float()
+    if (lo, hi) != (0.0, 1.0):
+        y = (y - lo) / (hi - lo)
+    return y.clamp(0, 1).contiguous()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -315,12 +315,49 @@ def test_demo_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "hazy input" in out and "PSNR" in out and "SSIM" in out and " ms " in out
+    # hazy | DCP | model | clear: the default shipped model runs on the same input (its numbers are
+    # not checked: the shipped file may be retrained)
+    from fastdehaze.nn.files import list_models
+    shipped = list_models()
+    panels = 4 if shipped else 3
     with Image.open(tmp_path / "demo_astronaut.png") as im:
-        assert im.size == (96 * 3, 96)
-    # dehazing helps on this synthetic haze
-    lines = [ln for ln in out.splitlines() if " dB " in ln]
+        assert im.size == (96 * panels, 96)
+    if shipped:
+        name = cli.DEMO_DEFAULT_MODEL if cli.DEMO_DEFAULT_MODEL in shipped else shipped[0]
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(f"model {name} "))
+        assert " dB " in line and "SSIM" in line and " ms " in line, line
+        assert f"| model {name} | clear)" in out.splitlines()[-1], out
+    # the DCP helps on this synthetic haze
+    lines = [ln for ln in out.splitlines() if " dB " in ln and not ln.strip().startswith("model ")]
     psnr = [float(ln.split("PSNR")[1].split("dB")[0]) for ln in lines]
-    assert all(p > psnr[0] + 1 for p in psnr[1:])
+    assert len(psnr) >= 2 and all(p > psnr[0] + 1 for p in psnr[1:])
+
+
+def test_demo_model_none_path_and_unknown(tmp_path, capsys):
+    """demo --model none: three panels; --model PATH: that file's panel; an unknown --model: one
+    line naming --model, exit 2, before anything is written."""
+    pytest.importorskip("skimage")
+    from fastdehaze.nn import UNet, save_model
+    fast = ["demo", "--quick", "--patch", "5", "--radius", "8", "--backends", "reference"]
+    assert cli.main(fast + ["-o", str(tmp_path / "a"), "--model", "none"]) == 0
+    out = capsys.readouterr().out
+    with Image.open(tmp_path / "a" / "demo_astronaut.png") as im:
+        assert im.size == (96 * 3, 96)
+    assert "model " not in out.replace("(per image", "") and "(hazy | DCP backend reference | clear)" in out, out
+    torch.manual_seed(0)
+    mf = tmp_path / "tiny_unet.safetensors"
+    save_model(UNet(width=4, levels=1, blocks=1).eval(), mf)
+    assert cli.main(fast + ["-o", str(tmp_path / "b"), "--model", str(mf)]) == 0
+    out = capsys.readouterr().out
+    with Image.open(tmp_path / "b" / "demo_astronaut.png") as im:
+        assert im.size == (96 * 4, 96)
+    assert "  model tiny_unet " in out and "| model tiny_unet | clear)" in out, out
+    with pytest.raises(SystemExit) as e:
+        cli.main(fast + ["-o", str(tmp_path / "c"), "--model", "no-such-model"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("fastdehaze: --model: ") and "no-such-model" in err, err
+    assert not (tmp_path / "c").exists()
 
 
 def test_dcp_beats_hazy_on_sots_indoor(data_dir):
