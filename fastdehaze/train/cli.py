@@ -28,6 +28,7 @@ def add_commands(sub):
     e.add_argument("--weights", choices=("ema", "raw"), default="ema",
                    help="the EMA weights when the run kept them (default), or the raw weights")
     e.add_argument("--trust-code", action="store_true", help="allow a user's module:Class base")
+    e.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
 
     v = sub.add_parser("eval", help="PSNR / SSIM / CIEDE2000 of a folder of results against the clear images")
     v.add_argument("outputs", help="folder of results (dehazed images)")
@@ -68,6 +69,10 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from fastdehaze.nn import build_model, save_model
     from .checkpoint import load_checkpoint, strip_prefixes
+    import os
+    if os.path.lexists(args.output) and not args.overwrite:
+        print(f"fastdehaze export: {args.output}: exists (use --overwrite to replace it)", file=sys.stderr)
+        return 2
     try:
         st = load_checkpoint(args.checkpoint)
         model = build_model(st["spec"], trust_code=args.trust_code)
