@@ -140,11 +140,28 @@ def test_zero_depth_is_no_haze_and_noncontiguous():
     assert torch.equal(out.hazy, J.contiguous())
 
 
-def test_nan_depth_propagates():
-    J, d = _inputs(B=1, H=3, W=3)
-    d[0, 0, 1, 1] = float("nan")
-    out = HazeSynthesis()(J, d)
-    assert torch.isnan(out.hazy).all()  # the per-image max is NaN: the whole image, never a silent fill
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("depth_kind", ["normalized", "metres"])
+def test_non_finite_depth_is_refused(bad, depth_kind):
+    """A NaN / inf depth is a ValueError naming depth (it was a silently all-NaN hazy image)."""
+    J, d = _inputs(B=2, H=3, W=3)
+    d[1, 0, 1, 1] = bad
+    with pytest.raises(ValueError, match="depth must be finite"):
+        HazeSynthesis(depth_kind=depth_kind)(J, d)
+
+
+@pytest.mark.parametrize("bad", [1.5, 1 + 1e-6, -0.1, float("nan")])
+def test_t_outside_0_1_is_refused(bad):
+    """The t path: a transmission > 1, < 0 or NaN is a ValueError naming t (it gave hazy values
+    outside the range of J and A); 0 and 1 themselves are fine."""
+    J, _ = _inputs(B=2, H=3, W=3)
+    t = torch.rand(2, 1, 3, 3, dtype=torch.float64)
+    t[1, 0, 2, 0] = bad
+    with pytest.raises(ValueError, match=r"t must be a transmission in \[0, 1\]"):
+        HazeSynthesis()(J, t=t)
+    t[1, 0, 2, 0], t[0, 0, 0, 0] = 1.0, 0.0
+    out = HazeSynthesis()(J, t=t)
+    assert torch.isfinite(out.hazy).all()
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -91,8 +91,10 @@ class HazeSynthesis(nn.Module):
     ``forward(J, depth=None, *, t=None, generator=None) -> HazeSample``:
         J: clear images [B,C,H,W] (C >= 1, B may be 0), float16/bfloat16/float32/float64 in
             [0, 1], on any device; every output is on J's device.
-        depth: [B,1,H,W] (or [B,C,H,W]) floating, >= 0, same B, H, W as J.
-        t: instead of depth, the transmission [B,1,H,W] or [B,C,H,W] in [0, 1].
+        depth: [B,1,H,W] (or [B,C,H,W]) floating, >= 0 and finite (no NaN / inf), same B, H,
+            W as J.
+        t: instead of depth, the transmission [B,1,H,W] or [B,C,H,W] in [0, 1] (a value
+            outside, or NaN, is refused: I would leave the range spanned by J and A).
         generator: a ``torch.Generator`` for the draws (default: torch's global CPU RNG). The
             draws are made on the generator's device (CPU for the default) in float64 and then
             moved to J's device, so a CPU generator with the same seed gives the same A and
@@ -106,7 +108,8 @@ class HazeSynthesis(nn.Module):
     Raises:
         ValueError: an unknown preset or depth_kind (naming it; "disparity" with the reason);
             a bad ``A_range``/``beta_range``; neither or both of depth and t; depth/t not 4-d or
-            not matching J's B, H, W; J not 4-d; negative depth.
+            not matching J's B, H, W; J not 4-d; negative or non-finite (NaN / inf) depth; a t
+            outside [0, 1] or NaN. (These checks read one flag back from the device.)
         TypeError: J, depth or t not a floating tensor; generator not a torch.Generator.
     """
 
@@ -167,6 +170,15 @@ class HazeSynthesis(nn.Module):
                     or m.shape[1] not in (1, J.shape[1])):
                 raise ValueError(f"{name} must be [B,1,H,W] or [B,C,H,W] matching J {tuple(J.shape)}, "
                                  f"got shape {tuple(m.shape)}")
+            with torch.no_grad():
+                if name == "depth":
+                    if not bool(torch.isfinite(m).all()):
+                        raise ValueError("depth must be finite (found NaN or inf values)")
+                elif not bool(((m >= 0) & (m <= 1)).all()):
+                    lo, hi = float(m.nan_to_num(0.5).amin()), float(m.nan_to_num(0.5).amax())
+                    nan = bool(torch.isnan(m).any())
+                    raise ValueError("t must be a transmission in [0, 1], found "
+                                     + ("NaN" if nan else f"values in [{lo:g}, {hi:g}]"))
         B, C = J.shape[:2]
         A64, beta64 = self.draw(B, C, generator)
         pdt = torch.float64 if J.dtype == torch.float64 else torch.float32
