@@ -85,7 +85,10 @@ SYNTH_EPILOG = """\
 Pairs: every image file of CLEAR (a folder, a file or a glob pattern) is matched with the depth
 map in the folder DEPTH whose file stem is the same, or the same plus "_depth" (a.png with
 a.png, a.npy or a_depth.png; .npy holds a 2-D float array; a "_depth" map wins, so DEPTH may
-also hold the photos); a clear image without one, or with two, is reported and skipped. The depth map is resized to the image (bilinear).
+also hold the photos); a clear image without one, or with two, is reported and skipped. A file
+of CLEAR named <stem>_depth.* next to a <stem>.* of CLEAR is that image's depth map, not a clear
+image (so CLEAR and DEPTH may be the same folder). The depth map is resized to the image
+(bilinear).
 
 Depth (--depth-kind depth, default): larger values are farther; the map is divided by its
 maximum per image, so d is in [0, 1] (0 at the camera), the per-image normalised convention of
@@ -847,6 +850,21 @@ def _image_seed(seed: int, ident: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{ident}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def _drop_depth_maps(files):
+    """Split CLEAR's files into (clear images, depth maps): a file whose stem is "<s>_depth" while
+    a file of stem "<s>" is in the same folder among ``files`` is that image's depth map (a folder
+    holding both photos and maps, as Depth Anything output: x.jpg with x_depth.png)."""
+    stems = {(os.path.dirname(os.path.abspath(p)), os.path.splitext(os.path.basename(p))[0]) for p in files}
+    keep, maps = [], []
+    for p in files:
+        folder, stem = os.path.dirname(os.path.abspath(p)), os.path.splitext(os.path.basename(p))[0]
+        if stem.endswith("_depth") and (folder, stem[:-len("_depth")]) in stems:
+            maps.append(p)
+        else:
+            keep.append(p)
+    return keep, maps
+
+
 def cmd_synth(args) -> int:
     import numpy as np
     import torch
@@ -866,6 +884,10 @@ def cmd_synth(args) -> int:
     files, errors = expand_inputs([args.clear])
     for e in errors:
         print(f"fastdehaze: {e}", file=sys.stderr)
+    files, maps = _drop_depth_maps(files)
+    if maps:
+        print(f"fastdehaze: synth: {len(maps)} file(s) of CLEAR are the depth maps of other images there "
+              f"(<stem>_depth.*, e.g. {maps[0]}), not clear images: not hazed", file=sys.stderr)
     exts = IMAGE_EXTENSIONS + (".npy",)
     depth_files = {}
     for n in sorted(os.listdir(args.depth)):

@@ -477,3 +477,25 @@ def test_training_checkpoint_as_model_says_export_first(tmp_path, model_file, ca
             _run(bad, tmp_path / "x.png", "-o", tmp_path / "o")
         err = capsys.readouterr().err
         assert "training checkpoint" not in err and "not a readable safetensors file" in err, err
+
+
+def test_synth_clear_and_depth_in_one_folder(tmp_path, synthesis, capsys):
+    """CLEAR == DEPTH (the layout of ../shared/data/depth/da_real: x.jpg with x_depth.*): the
+    maps are not hazed as clear images; a "_depth" file without its photo still is one."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    d = np.tile(np.linspace(10, 250, 16), (12, 1)).astype(np.uint8)
+    _save(folder / "a.png", _hazy_u8(H=12, W=16, seed=1))
+    _save(folder / "a_depth.png", d[:, :, None])
+    _save(folder / "b.png", _hazy_u8(H=12, W=16, seed=2))
+    _save(folder / "b_depth.png", d[:, :, None])
+    np.save(folder / "b.npy", d.astype(np.float32))          # not an image: never a clear file
+    _save(folder / "lone_depth.png", _hazy_u8(H=12, W=16, seed=3))   # no "lone": a photo
+    _save(folder / "lone_depth_depth.png", d[:, :, None])
+    out = tmp_path / "out"
+    rc = cli.main(["synth", str(folder), str(folder), "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sorted(os.listdir(out / "clear")) == ["a.png", "b.png", "lone-depth.png"], err
+    assert sorted(os.listdir(out / "hazy")) == ["a_1.png", "b_1.png", "lone-depth_1.png"]
+    assert "depth maps of other images" in err and "3 file(s)" in err, err
