@@ -393,3 +393,91 @@ def test_compile_fullgraph_fresh_process(name):
     r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, name], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "COMPILED_OK" in r.stdout, r.stdout[-3000:] + r.stderr[-6000:]
+
+
+# ---- the U-Net correction, rich features, white A prior (the shipped model's PRM) --------------
+
+_UNET_PRM = dict(patch=7, r=8, local="unet", levels=1, width=8, features="rich", A_prior="white", scale=4)
+
+
+def _randomised_prm(prm, std=0.2, seed=0):
+    """The PRM with its zero-initialised output layers randomised (so the correction is not 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in (prm.local.out if prm.local_kind == "unet" else prm.local[-1], prm.head[2]):
+            for p in m.parameters():
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return prm
+
+
+def test_unet_prm_starts_at_the_dcp_with_a_white_A():
+    """At initialisation J0 = recover(I, t_dcp(I, A = 1), A = 1): the DCP computed against a white
+    atmospheric light (float64 reference pipeline)."""
+    from fastdehaze import ops
+    prm = PreRestoreModule(**_UNET_PRM).double()
+    I = _hazy(2, 40, 56).double()
+    one = torch.ones(2, 3, 1, 1, dtype=torch.float64)
+    t_raw = ops.transmission(I, one, prm.omega, prm.patch, backend="reference")
+    luma = 0.299 * I[:, 0:1] + 0.587 * I[:, 1:2] + 0.114 * I[:, 2:3]
+    t = ops.guided_filter(luma, t_raw, prm.r, prm.eps, backend="reference").clamp(prm.t0, 1)
+    expect = ops.recover(I, t, one, prm.t0, backend="reference").clamp(0, 1)
+    torch.testing.assert_close(prm(I), expect, rtol=0, atol=1e-10)
+    # the default A prior is the DCP's estimate: another output
+    dcp = PreRestoreModule(**{**_UNET_PRM, "A_prior": "dcp"}).double()
+    assert not torch.allclose(dcp(I), expect)
+
+
+def test_unet_prm_config_round_trip_and_gradients():
+    prm = _randomised_prm(PreRestoreModule(**_UNET_PRM))
+    assert PreRestoreModule(**prm.config()).config() == prm.config()
+    I = _hazy(2, 37, 53)
+    J0 = prm(I)
+    J0.square().mean().backward()
+    missing = [n for n, p in prm.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    assert prm.pad_multiple == 8
+
+
+@pytest.mark.parametrize("H, W", [(1, 1), (3, 17), (17, 3), (65, 40)])
+def test_unet_prm_odd_sizes(H, W):
+    prm = _randomised_prm(PreRestoreModule(**_UNET_PRM))
+    J0 = prm(_hazy(1, max(H, 16), max(W, 16))[..., :H, :W])
+    assert J0.shape == (1, 3, H, W) and torch.isfinite(J0).all()
+
+
+def test_unet_prm_receptive_field_bounds_the_dependence():
+    """An output pixel does not depend on inputs farther than receptive_field // 2 (gradient probe)."""
+    prm = _randomised_prm(PreRestoreModule(**{**_UNET_PRM, "patch": 3, "r": 2}), seed=1).double()
+    rf = prm.receptive_field
+    S = rf + 64
+    I = _hazy(1, S, S).double().requires_grad_(True)
+    ctx = {k: v.detach() for k, v in prm.global_context(I.detach()).items()}   # global parts fixed
+    c = S // 2
+    prm(I, context=ctx)[0, :, c, c].sum().backward()
+    ys, xs = torch.nonzero(I.grad[0].abs().sum(0) > 0, as_tuple=True)
+    reach = max(int((ys - c).abs().max()), int((xs - c).abs().max()))
+    assert 0 < reach <= rf // 2, (reach, rf)
+
+
+def test_unet_prm_tiled_equals_untiled():
+    prm = _randomised_prm(PreRestoreModule(**_UNET_PRM))
+    I = _hazy(1, 100, 140)
+    full = prm(I)
+    tiled = tiled_forward(prm, I, 48)
+    torch.testing.assert_close(tiled, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(local="mlp"), "local"), (dict(features="all"), "features"),
+                                       (dict(A_prior="grey"), "A_prior"), (dict(local="unet", levels=0), "levels")])
+def test_unet_prm_bad_args(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        PreRestoreModule(**kw)
+
+
+def test_unet_zero_init_is_the_identity():
+    base = fnn.UNet(width=4, levels=1, zero_init=True)
+    I = _hazy(1, 30, 30)
+    torch.testing.assert_close(base(I), I, rtol=0, atol=0)
+    assert fnn.UNet(**base.config()).config() == base.config()
+    with pytest.raises(TypeError, match="zero_init"):
+        fnn.UNet(zero_init=1)

@@ -256,6 +256,9 @@ class UNet(_ContractMixin, nn.Module):
         levels: number of 2x downsamplings (3).
         blocks: residual blocks per level (1).
         clamp: clamp J to [0, 1] (True; False returns I + net(I) unclamped).
+        zero_init: start the output convolution at zero, so that J == I exactly at step 0 (as a
+            refining base of :class:`~fastdehaze.nn.ProgressiveDehazer` keeps J == J0); default
+            False (0.1 x PyTorch's default init).
 
     ``forward(I, context=None)``: I [B,3,H,W] float in [0, 1] (B may be 0; any H, W >= 1;
     channels_last works; under CPU/CUDA autocast the convolutions run in fp16/bf16 and the
@@ -266,13 +269,17 @@ class UNet(_ContractMixin, nn.Module):
         a bad width/levels/blocks at construction.
     """
 
-    def __init__(self, width: int = 16, levels: int = 3, blocks: int = 1, clamp: bool = True):
+    def __init__(self, width: int = 16, levels: int = 3, blocks: int = 1, clamp: bool = True,
+                 zero_init: bool = False):
         super().__init__()
         self.width, self.levels = _int_arg(width, "width", 1), _int_arg(levels, "levels", 0)
         self.blocks, self.clamp = _int_arg(blocks, "blocks", 1), bool(clamp)
+        if not isinstance(zero_init, bool):
+            raise TypeError(f"zero_init must be a bool, got {type(zero_init).__name__}")
+        self.zero_init = zero_init
         self.net = _UNetCore(3, 3, width, levels, blocks)
         with torch.no_grad():
-            self.net.outc.weight.mul_(0.1)
+            self.net.outc.weight.mul_(0.0 if zero_init else 0.1)
             self.net.outc.bias.zero_()
 
     @property
@@ -284,7 +291,8 @@ class UNet(_ContractMixin, nn.Module):
         return 2 ** self.levels
 
     def config(self) -> dict:
-        return {"width": self.width, "levels": self.levels, "blocks": self.blocks, "clamp": self.clamp}
+        return {"width": self.width, "levels": self.levels, "blocks": self.blocks, "clamp": self.clamp,
+                "zero_init": self.zero_init}
 
     def forward(self, I, context=None):
         check_image(I)

@@ -151,6 +151,81 @@ def _estimated_receptive_field(module: nn.Module) -> int:
 
 # ---- the pre-restore module ---------------------------------------------------------------------
 
+class _ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a = nn.Conv2d(c, c, 3, padding=1)
+        self.b = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.b(F.relu(self.a(F.relu(x))))
+
+
+class _LocalUNet(nn.Module):
+    """The PRM's ``local = "unet"`` correction network (runs at 1/scale resolution): a 3x3 conv to
+    ``width`` channels and a residual block; per level a stride-2 3x3 conv doubling the channels,
+    a residual block and a linear map of the image-mean of the coarsest features added back
+    (an image-level cue); 2x2 transposed convs back up, each added to its skip and followed by
+    a residual block; a 3x3 conv to 1 channel (zero at initialisation). Input sides are padded
+    by replication to a multiple of 2^levels and cropped back."""
+
+    def __init__(self, cin: int, width: int, levels: int):
+        super().__init__()
+        self.levels, self.multiple = levels, 2 ** levels
+        self.inc, self.enc0 = nn.Conv2d(cin, width, 3, padding=1), _ResBlock(width)
+        self.down, self.enc, self.up, self.dec = (nn.ModuleList() for _ in range(4))
+        c = width
+        for _ in range(levels):
+            self.down.append(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1))
+            c *= 2
+            self.enc.append(_ResBlock(c))
+        self.glob = nn.Linear(c, c)
+        for _ in range(levels):
+            self.up.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
+            c //= 2
+            self.dec.append(_ResBlock(c))
+        self.out = nn.Conv2d(c, 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, coarse_mean: Optional[torch.Tensor] = None):
+        H, W = x.shape[-2:]
+        m = self.multiple
+        x = F.pad(x, (0, (-W) % m, 0, (-H) % m), mode="replicate")
+        x = self.enc0(self.inc(x))
+        skips = [x]
+        for d, e in zip(self.down, self.enc):
+            x = e(d(F.relu(x)))
+            skips.append(x)
+        mean = x.mean((2, 3)) if coarse_mean is None else coarse_mean
+        x = x + self.glob(mean)[:, :, None, None]
+        skips.pop()
+        for u, d in zip(self.up, self.dec):
+            x = d(u(F.relu(x)) + skips.pop())
+        return self.out(F.relu(x))[..., :H, :W]
+
+    def coarse_mean(self, x):
+        """The image-mean of the coarsest features (the global cue; computed on the whole image
+        by ``global_context`` so that tiles share it)."""
+        m = self.multiple
+        H, W = x.shape[-2:]
+        x = F.pad(x, (0, (-W) % m, 0, (-H) % m), mode="replicate")
+        x = self.enc0(self.inc(x))
+        for d, e in zip(self.down, self.enc):
+            x = e(d(F.relu(x)))
+        return x.mean((2, 3))
+
+    @property
+    def receptive_field(self) -> int:
+        """An upper bound in input cells (each conv adds (k - 1) x its input's stride)."""
+        rf = 1 + 2 + 4          # inc, enc0
+        for l in range(self.levels):
+            rf += 2 * 2 ** l + 4 * 2 ** (l + 1)       # down conv, block
+        for l in reversed(range(self.levels)):
+            rf += 1 * 2 ** (l + 1) + 4 * 2 ** l      # transposed conv, block
+        return rf + 2             # out conv
+
+
 @_register
 class PreRestoreModule(nn.Module):
     """Pre-restore Module (PRM): a DCP-initialised, learned transmission and atmospheric light,
@@ -208,7 +283,8 @@ class PreRestoreModule(nn.Module):
 
     def __init__(self, patch: int = 15, omega: float = 0.95, top: float = 0.001, r: int = 60,
                  eps: float = 1e-3, t0: float = 0.1, subsample: int = 1, width: int = 16, layers: int = 4,
-                 scale: int = 4, learn_A: bool = True, clamp: bool = True, backend: str = "auto"):
+                 scale: int = 4, learn_A: bool = True, clamp: bool = True, backend: str = "auto",
+                 local: str = "dilated", levels: int = 1, features: str = "basic", A_prior: str = "dcp"):
         super().__init__()
         self.patch = _int_arg(patch, "patch", 1)
         if patch % 2 == 0:
@@ -229,16 +305,26 @@ class PreRestoreModule(nn.Module):
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         self.backend = backend
-        self.dilations = [min(2 ** i, 8) for i in range(layers - 1)] + [1]
-        convs = []
-        cin = 4
-        for i, d in enumerate(self.dilations):
-            cout = 1 if i == layers - 1 else width
-            convs.append(nn.Conv2d(cin, cout, 3, padding=d, dilation=d))
-            cin = cout
-        self.local = nn.ModuleList(convs)
-        nn.init.zeros_(self.local[-1].weight)
-        nn.init.zeros_(self.local[-1].bias)
+        for name, v, choices in (("local", local, ("dilated", "unet")), ("features", features, ("basic", "rich")),
+                                 ("A_prior", A_prior, ("dcp", "white"))):
+            if v not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {v!r}")
+        self.local_kind, self.features, self.A_prior = local, features, A_prior
+        self.levels = _int_arg(levels, "levels", 1)
+        cin = 4 if features == "basic" else 7
+        if local == "unet":
+            self.dilations = []
+            self.local = _LocalUNet(cin, width, self.levels)
+        else:
+            self.dilations = [min(2 ** i, 8) for i in range(layers - 1)] + [1]
+            convs = []
+            for i, d in enumerate(self.dilations):
+                cout = 1 if i == layers - 1 else width
+                convs.append(nn.Conv2d(cin, cout, 3, padding=d, dilation=d))
+                cin = cout
+            self.local = nn.ModuleList(convs)
+            nn.init.zeros_(self.local[-1].weight)
+            nn.init.zeros_(self.local[-1].bias)
         self.head = nn.Sequential(nn.Linear(11, 16), nn.ReLU(), nn.Linear(16, 4))
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
@@ -246,18 +332,19 @@ class PreRestoreModule(nn.Module):
     def config(self) -> dict:
         return dict(patch=self.patch, omega=self.omega, top=self.top, r=self.r, eps=self.eps, t0=self.t0,
                     subsample=self.subsample, width=self.width, layers=self.layers, scale=self.scale,
-                    learn_A=self.learn_A, clamp=self.clamp, backend=self.backend)
+                    learn_A=self.learn_A, clamp=self.clamp, backend=self.backend, local=self.local_kind,
+                    levels=self.levels, features=self.features, A_prior=self.A_prior)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
     @property
     def pad_multiple(self) -> int:
-        return self.scale
+        return self.scale * (self.local.multiple if self.local_kind == "unet" else 1)
 
     @property
     def receptive_field(self) -> int:
-        local = 1 + 2 * sum(self.dilations)  # in pooled cells
+        local = self.local.receptive_field if self.local_kind == "unet" else 1 + 2 * sum(self.dilations)  # cells
         dcp = self.patch + 4 * self.r
         if self.subsample > 1:  # coefficients on a grid of step s, radius round(r/s), bilinear
             rs = max(1, round(self.r / self.subsample))
@@ -267,7 +354,16 @@ class PreRestoreModule(nn.Module):
     # -- global part --
     def global_context(self, I_full: torch.Tensor) -> dict:
         """A and the global exponent g from the whole image: {"A": [B,3,1,1], "g": [B,1,1,1],
-        "A_dcp": [B,3,1,1]} (A_dcp without gradient; A and g carry the head's gradient)."""
+        "A_dcp": [B,3,1,1] (the A the transmission prior uses: the DCP estimate, or 1 with
+        ``A_prior = "white"``)}, A and g carrying the head's gradient; with ``local = "unet"``
+        also "coarse" (the U-Net's image-level cue of the whole image, for tiles)."""
+        ctx = self._global(I_full)
+        if self.local_kind == "unet":
+            t_prior = self.dcp_transmission(I_full, ctx["A_dcp"])
+            ctx["coarse"] = self.local.coarse_mean(self._local_input(I_full, t_prior))
+        return ctx
+
+    def _global(self, I_full: torch.Tensor) -> dict:
         _check_image(I_full)
         with torch.no_grad():
             dark = ops.dark_channel(I_full, self.patch, backend=self.backend)
@@ -278,44 +374,58 @@ class PreRestoreModule(nn.Module):
                                d.mean(1, keepdim=True), d.amax(1, keepdim=True)], 1)
         out = self.head(feats.to(self.head[0].weight.dtype))
         a, g = out[:, :3], out[:, 3:4]
+        A_base = torch.ones_like(A_dcp) if self.A_prior == "white" else A_dcp
         if self.learn_A:
-            A = A_dcp * torch.exp(a).to(A_dcp.dtype).view(-1, 3, 1, 1)
+            A = A_base * torch.exp(a).to(A_dcp.dtype).view(-1, 3, 1, 1)
         else:
-            A = A_dcp + 0 * a.sum()  # keeps the head in the graph (DDP-friendly), adds nothing
-        return {"A": A, "g": g.to(I_full.dtype).view(-1, 1, 1, 1), "A_dcp": A_dcp}
+            A = A_base + 0 * a.sum()  # keeps the head in the graph (DDP-friendly), adds nothing
+        return {"A": A, "g": g.to(I_full.dtype).view(-1, 1, 1, 1), "A_dcp": A_base}
 
     # -- local part --
     def dcp_transmission(self, I: torch.Tensor, A_dcp: torch.Tensor) -> torch.Tensor:
-        """t_dcp [B,1,H,W] in [t0, 1], no gradient (the DCP prior, as dehaze_dcp computes it)."""
+        """t_dcp [B,1,H,W] in [t0, 1], no gradient (the DCP prior, as dehaze_dcp computes it,
+        against the atmospheric light ``A_dcp``)."""
         with torch.no_grad():
-            t_raw = ops.transmission(I, A_dcp, self.omega, self.patch, backend=self.backend)
+            t_raw = ops.transmission(I, A_dcp.to(I.dtype), self.omega, self.patch, backend=self.backend)
             ct = torch.float64 if I.dtype == torch.float64 else torch.float32
             t = ops.guided_filter(_luma(I.to(ct)), t_raw.to(ct), self.r, self.eps, self.subsample,
                                   backend=self.backend)
             return t.clamp(self.t0, 1.0).to(I.dtype)
 
-    def correction(self, I: torch.Tensor, t_dcp: torch.Tensor) -> torch.Tensor:
-        """delta [B,1,H,W] of the local network (zero at initialisation)."""
-        w = self.local[0].weight
-        x = torch.cat([I, t_dcp], 1).to(w.dtype)
-        H, W = x.shape[-2:]
+    def _local_input(self, I: torch.Tensor, t_dcp: torch.Tensor) -> torch.Tensor:
+        """The local network's input at 1/scale resolution: [I, t_dcp] ("basic") or [I, t_dcp,
+        min_c I, max_c I, -log t_dcp] ("rich"), average-pooled by ``scale``."""
+        w = self.local.inc.weight if self.local_kind == "unet" else self.local[0].weight
+        parts = [I, t_dcp]
+        if self.features == "rich":
+            parts += [I.amin(1, keepdim=True), I.amax(1, keepdim=True), -torch.log(t_dcp)]
+        x = torch.cat(parts, 1).to(w.dtype)
         if self.scale > 1:
             x, _, _ = _pad_to(x, self.scale)
             x = F.avg_pool2d(x, self.scale)
-        for i, conv in enumerate(self.local):
-            x = conv(x)
-            if i < len(self.local) - 1:
-                x = F.relu(x)
+        return x
+
+    def correction(self, I: torch.Tensor, t_dcp: torch.Tensor, coarse: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """delta [B,1,H,W] of the local network (zero at initialisation)."""
+        H, W = I.shape[-2:]
+        x = self._local_input(I, t_dcp)
+        if self.local_kind == "unet":
+            x = self.local(x, coarse)
+        else:
+            for i, conv in enumerate(self.local):
+                x = conv(x)
+                if i < len(self.local) - 1:
+                    x = F.relu(x)
         if self.scale > 1:
             x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)[..., :H, :W]
         return x
 
     def forward(self, I: torch.Tensor, context: Optional[dict] = None, return_all: bool = False):
         _check_image(I)
-        ctx = self.global_context(I) if context is None else context
+        ctx = self._global(I) if context is None else context
         A, g, A_dcp = ctx["A"], ctx["g"], ctx["A_dcp"]
         t_dcp = self.dcp_transmission(I, A_dcp)
-        delta = self.correction(I, t_dcp).to(I.dtype)
+        delta = self.correction(I, t_dcp, ctx.get("coarse")).to(I.dtype)
         t = torch.pow(t_dcp, torch.exp(delta + g))
         J0 = ops.recover(I, t, A.to(I.dtype), self.t0, clamp=(0.0, 1.0) if self.clamp else None,
                          backend=self.backend)
