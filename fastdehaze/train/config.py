@@ -45,7 +45,14 @@ class DataConfig:
     val: str = _f("", "validation pairs folder (hazy/ and gt/ or clear/), evaluated at full resolution; "
                       "'' = no validation")
     val_limit: int = _f(0, "validate on at most this many pairs (0 = all)", lo=0)
-    crop: int = _f(128, "random crop size in pixels (square)", lo=1)
+    train_exclude: List[str] = _f([], "clear-image stems (scenes) left out of training, e.g. ['1431', '1433'] "
+                                      "(a hazy image is left out with its clear image); a stem matching no "
+                                      "clear image is an error")
+    val_include: List[str] = _f([], "validate only on the pairs of these clear-image stems ([] = every pair of "
+                                    "data.val): with data.val = a training folder and train_exclude = the same "
+                                    "list, a held-out-scenes validation")
+    crop: int = _f(128, "random crop size in pixels (square); 0 = whole images (every training image must then "
+                        "have the same size, as RESIDE's 620x460 SOTS frames do)", lo=0)
     small: str = _f("pad", "images smaller than the crop: 'pad' (reflect) or 'skip' (counted in the log)",
                     choices=("pad", "skip"))
     flip: bool = _f(True, "random horizontal flips")
@@ -216,7 +223,7 @@ def config_from_dict(d: dict) -> Config:
 def _cross_checks(cfg: Config):
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {cfg.optim.betas}")
-    if cfg.loss.contrast == "iicl" and cfg.loss.iicl_patch > cfg.data.crop:
+    if cfg.loss.contrast == "iicl" and cfg.data.crop and cfg.loss.iicl_patch > cfg.data.crop:
         raise ConfigError(f"loss.iicl_patch: must be <= data.crop ({cfg.data.crop}), got {cfg.loss.iicl_patch}")
     if cfg.model.depth and not (cfg.data.depth or cfg.model.depth_teacher):
         raise ConfigError("model.depth: the depth mode needs data.depth (a folder of depth maps) or "

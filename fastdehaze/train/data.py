@@ -20,7 +20,7 @@ import torch
 
 from ..io import IMAGE_EXTENSIONS, read_image
 
-__all__ = ["find_pairs", "find_clear_depth", "TrainDataset", "PairsDataset", "collate", "SkipSampler",
+__all__ = ["find_pairs", "find_clear_depth", "TrainDataset", "PairsDataset", "collate", "select_scenes", "SkipSampler",
            "worker_init", "load_rgb"]
 
 
@@ -90,8 +90,23 @@ def _load_depth(path) -> torch.Tensor:
 
 
 def _augment(tensors, rng, crop, small, flip, rot90):
-    """Crop the same window of every [C,H,W] tensor, then flip/rotate them alike; None = skip."""
+    """Crop the same window of every [C,H,W] tensor, then flip/rotate them alike; None = skip.
+    ``crop`` 0 keeps the whole image (rotations are then by 0 or 180 degrees unless it is square,
+    so that a batch keeps one shape)."""
     H, W = tensors[0].shape[-2:]
+    if crop == 0:
+        f = bool(rng.integers(0, 2)) if flip else False
+        k = int(rng.integers(0, 4)) if rot90 else 0
+        if H != W:
+            k = 2 * (k % 2)
+        out = []
+        for t in tensors:
+            if f:
+                t = t.flip(-1)
+            if k:
+                t = torch.rot90(t, k, (-2, -1))
+            out.append(t.contiguous())
+        return out
     if H < crop or W < crop:
         if small == "skip":
             return None
@@ -184,8 +199,10 @@ class PairsDataset(torch.utils.data.Dataset):
     """Validation pairs at full resolution (a larger ground truth, as SOTS's 640x480 against the
     620x460 hazy image, is cropped evenly to the hazy size)."""
 
-    def __init__(self, root, limit=0):
+    def __init__(self, root, limit=0, include=()):
         self.items = find_pairs(root)
+        if include:
+            self.items = select_scenes(self.items, include=include, what="data.val_include")
         if limit:
             self.items = self.items[:limit]
 
@@ -203,9 +220,29 @@ class PairsDataset(torch.utils.data.Dataset):
         return {"hazy": hazy, "clear": clear, "index": i, "name": pathlib.Path(h).stem}
 
 
+def select_scenes(items, include=(), exclude=(), what="data.train_exclude"):
+    """The (hazy, clear, ...) items whose clear image's stem is in ``include`` (when given) and not in
+    ``exclude``. Raises ValueError naming ``what`` when a listed stem matches no clear image."""
+    stems = {pathlib.Path(it[1]).stem for it in items}
+    listed = list(include) + list(exclude)
+    missing = [s for s in listed if s not in stems]
+    if missing:
+        raise ValueError(f"{what}: no clear image has the stem {missing[0]!r} "
+                         f"(stems: {', '.join(sorted(stems)[:8])}{', ...' if len(stems) > 8 else ''})")
+    inc, exc = set(include), set(exclude)
+    return [it for it in items if (not inc or pathlib.Path(it[1]).stem in inc)
+            and pathlib.Path(it[1]).stem not in exc]
+
+
 def collate(samples):
-    """Stack the good samples; ``bad`` lists the messages of corrupt ones, ``small`` skipped paths."""
+    """Stack the good samples; ``bad`` lists the messages of corrupt ones, ``small`` skipped paths.
+    Samples of different sizes (whole images with data.crop = 0) are a ValueError naming data.crop."""
     good = [s for s in samples if "bad" not in s and "small" not in s]
+    sizes = {tuple(s["clear"].shape[-2:]) for s in good if isinstance(s.get("clear"), torch.Tensor)}
+    if len(sizes) > 1:
+        raise ValueError(f"data.crop = 0 (whole images) needs training images of one size; a batch holds "
+                         f"{' and '.join(f'{h}x{w}' for h, w in sorted(sizes)[:2])} (H x W): set data.crop "
+                         "or use run.batch_size = 1")
     batch = {"bad": [s["bad"] for s in samples if "bad" in s], "small": [s["small"] for s in samples if "small" in s],
              "index": [s["index"] for s in samples], "n": len(good)}
     if good:

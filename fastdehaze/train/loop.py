@@ -33,7 +33,8 @@ from .. import metrics
 from . import checkpoint as ckpt
 from . import distributed as dist_
 from .config import Config, ConfigError, config_to_dict, format_config
-from .data import PairsDataset, SkipSampler, TrainDataset, collate, find_clear_depth, find_pairs, worker_init
+from .data import (PairsDataset, SkipSampler, TrainDataset, collate, find_clear_depth, find_pairs, select_scenes,
+                   worker_init)
 from .logs import MetricsLog, write_sample
 from .losses import build_losses, build_teacher, compute_loss
 
@@ -214,6 +215,16 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                 items += pairs
         except ValueError as e:
             raise ConfigError(f"data.train: {e}") from None
+    if cfg.data.train_exclude:
+        if cfg.data.kind == "synth":
+            items = [it for it in items if pathlib.Path(it[0]).stem not in set(cfg.data.train_exclude)]
+        else:
+            try:
+                items = select_scenes(items, exclude=cfg.data.train_exclude)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if not items:
+            raise ConfigError("data.train_exclude: leaves no training image")
     ds = TrainDataset(items, cfg.data.kind, crop=cfg.data.crop, small=cfg.data.small, flip=cfg.data.flip,
                       rot90=cfg.data.rot90, seed=R.seed, with_depth=with_depth)
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -224,9 +235,10 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
     val_loader = None
     if cfg.data.val and master:
         try:
-            vds = PairsDataset(cfg.data.val, cfg.data.val_limit)
+            vds = PairsDataset(cfg.data.val, cfg.data.val_limit, cfg.data.val_include)
         except ValueError as e:
-            raise ConfigError(f"data.val: {e}") from None
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("data.") else f"data.val: {msg}") from None
         val_loader = torch.utils.data.DataLoader(vds, batch_size=1, collate_fn=collate)
 
     # ---- model, losses, optimiser ----
@@ -381,7 +393,7 @@ def _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched,
     skipped runs on a zero image with weight 0 (so DDP's ranks stay in step)."""
     weight = 1.0
     if batch["n"] == 0:
-        c = cfg.data.crop
+        c = cfg.data.crop or 64
         z = torch.zeros(1, 3, c, c)
         batch = {"hazy": z, "clear": z, "depth": torch.zeros(1, 1, c, c), "seed": [0]}
         weight = 0.0
