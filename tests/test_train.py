@@ -404,3 +404,20 @@ def test_whole_frames_of_different_sizes_are_a_clear_error(tiny, tmp_path):
                              "data.rot90=false", "run.steps=1", "run.batch_size=2", "data.num_workers=0"])
     with pytest.raises(ValueError, match="data.crop"):
         train(cfg)
+
+
+def test_quality_heldout_evaluates_only_the_excluded_scenes(tiny, tmp_path):
+    """benchmarks/quality_heldout.py scores a run on the scenes its config left out of training,
+    and refuses a run that left none out (its numbers would be training numbers)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.quality_heldout import evaluate_run
+    from fastdehaze.train.loop import train
+    stems = sorted(p.stem for p in (tiny / "train" / "clear").iterdir())
+    base = [f'data.train=["{tiny / "train"}"]', *SMALL, "run.steps=1", "run.batch_size=2", "data.num_workers=0"]
+    train(load_config(None, base + [f"run.dir={tmp_path / 'held'}", f"data.train_exclude={json.dumps(stems[:2])}"]))
+    res = evaluate_run(tmp_path / "held", tiny / "train")
+    assert res["held_out"] == stems[:2] and sorted(res["per_scene"]) == stems[:2] and res["images"] == 2
+    assert all(np.isfinite(res["mean"][k]["psnr"]) for k in ("hazy", "dcp", "model"))
+    train(load_config(None, base + [f"run.dir={tmp_path / 'all'}"]))
+    with pytest.raises(SystemExit, match="leaves no scene out"):
+        evaluate_run(tmp_path / "all", tiny / "train")
