@@ -481,3 +481,11 @@ def test_unet_zero_init_is_the_identity():
     assert fnn.UNet(**base.config()).config() == base.config()
     with pytest.raises(TypeError, match="zero_init"):
         fnn.UNet(zero_init=1)
+
+
+def test_unet_sizes_are_bounded():
+    """A width/levels pair whose coarsest channels would need gigabytes is refused, naming both."""
+    with pytest.raises(ValueError, match="width.*levels"):
+        PreRestoreModule(local="unet", width=8, levels=12)
+    with pytest.raises(ValueError, match="width.*levels"):
+        fnn.UNet(width=16, levels=10)

@@ -421,3 +421,49 @@ def test_quality_heldout_evaluates_only_the_excluded_scenes(tiny, tmp_path):
     train(load_config(None, base + [f"run.dir={tmp_path / 'all'}"]))
     with pytest.raises(SystemExit, match="leaves no scene out"):
         evaluate_run(tmp_path / "all", tiny / "train")
+
+
+def test_val_include_needs_val():
+    with pytest.raises(ConfigError, match="data.val_include.*data.val"):
+        load_config(None, ['data.val_include=["1431"]'])
+
+
+def test_whole_frames_of_different_sizes_are_refused_before_training(tiny, tmp_path):
+    """The size check reads the file headers up front (also with DataLoader workers)."""
+    from PIL import Image
+    from fastdehaze.train.loop import train
+    root = tmp_path / "mixed"
+    for sub in ("hazy", "clear"):
+        (root / sub).mkdir(parents=True)
+    for i, size in enumerate([(40, 32), (40, 32), (48, 32)]):
+        for sub in ("hazy", "clear"):
+            Image.new("RGB", size, (100, 120, 140)).save(root / sub / f"s{i}.png")
+    cfg = load_config(None, [f'data.train=["{root}"]', f"run.dir={tmp_path / 'run'}", *SMALL, "data.crop=0",
+                             "run.steps=1", "run.batch_size=1", "data.num_workers=2"])
+    with pytest.raises(ConfigError, match=r"data.crop.*s2.png is 48x32"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_synth_train_exclude_unknown_stem_is_an_error(tmp_path):
+    from PIL import Image
+    from fastdehaze.train.loop import train
+    root = tmp_path / "synth"
+    for sub in ("clear", "depth"):
+        (root / sub).mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (32, 32), (90, 100, 110)).save(root / "clear" / f"c{i}.png")
+        Image.new("L", (32, 32), 128).save(root / "depth" / f"c{i}.png")
+    cfg = load_config(None, [f'data.train=["{root}"]', f"run.dir={tmp_path / 'run'}", *SMALL, "data.kind=synth",
+                             'data.train_exclude=["zzz"]', "run.steps=1", "run.batch_size=1", "data.num_workers=0"])
+    with pytest.raises(ConfigError, match="data.train_exclude.*zzz"):
+        train(cfg)
+
+
+def test_logged_lr_is_the_rate_the_step_ran_at(tiny, tmp_path):
+    from fastdehaze.train.loop import train
+    cfg = load_config(None, [f'data.train=["{tiny / "train"}"]', f"run.dir={tmp_path}", *SMALL, "run.steps=2",
+                             "run.batch_size=2", "data.num_workers=0", "optim.lr=1e-3", "optim.warmup_steps=4"])
+    train(cfg)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
+    assert lrs[:2] == pytest.approx([1e-3 / 4, 2e-3 / 4])

@@ -273,6 +273,9 @@ class UNet(_ContractMixin, nn.Module):
                  zero_init: bool = False):
         super().__init__()
         self.width, self.levels = _int_arg(width, "width", 1), _int_arg(levels, "levels", 0)
+        if width * 2 ** levels > 4096:
+            raise ValueError(f"width * 2**levels must be <= 4096 (the bottleneck's channels), got width={width}, "
+                             f"levels={levels}")
         self.blocks, self.clamp = _int_arg(blocks, "blocks", 1), bool(clamp)
         if not isinstance(zero_init, bool):
             raise TypeError(f"zero_init must be a bool, got {type(zero_init).__name__}")

@@ -311,6 +311,9 @@ class PreRestoreModule(nn.Module):
                 raise ValueError(f"{name} must be one of {choices}, got {v!r}")
         self.local_kind, self.features, self.A_prior = local, features, A_prior
         self.levels = _int_arg(levels, "levels", 1)
+        if local == "unet" and width * 2 ** self.levels > 1024:
+            raise ValueError(f"width * 2**levels must be <= 1024 (the U-Net's coarsest channels), got width={width}, "
+                             f"levels={levels}")
         cin = 4 if features == "basic" else 7
         if local == "unet":
             self.dilations = []
@@ -370,7 +373,8 @@ class PreRestoreModule(nn.Module):
             A_dcp = ops.atmospheric_light(I_full, dark, self.top, self.patch, backend=self.backend)
             x = I_full.float()
             d = dark.float().flatten(1)
-            feats = torch.cat([A_dcp.float().flatten(1), x.mean((2, 3)), x.std((2, 3), correction=0),
+            std = x.flatten(2).std(2, correction=0) if x.shape[0] else x.new_zeros(0, 3)
+            feats = torch.cat([A_dcp.float().flatten(1), x.mean((2, 3)), std,
                                d.mean(1, keepdim=True), d.amax(1, keepdim=True)], 1)
         out = self.head(feats.to(self.head[0].weight.dtype))
         a, g = out[:, :3], out[:, 3:4]

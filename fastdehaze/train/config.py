@@ -225,6 +225,8 @@ def _cross_checks(cfg: Config):
         raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {cfg.optim.betas}")
     if cfg.loss.contrast == "iicl" and cfg.data.crop and cfg.loss.iicl_patch > cfg.data.crop:
         raise ConfigError(f"loss.iicl_patch: must be <= data.crop ({cfg.data.crop}), got {cfg.loss.iicl_patch}")
+    if cfg.data.val_include and not cfg.data.val:
+        raise ConfigError("data.val_include: needs data.val (the folder the listed scenes are validated in)")
     if cfg.model.depth and not (cfg.data.depth or cfg.model.depth_teacher):
         raise ConfigError("model.depth: the depth mode needs data.depth (a folder of depth maps) or "
                           "model.depth_teacher (a frozen teacher model file)")

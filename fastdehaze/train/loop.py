@@ -217,6 +217,10 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
             raise ConfigError(f"data.train: {e}") from None
     if cfg.data.train_exclude:
         if cfg.data.kind == "synth":
+            stems = {pathlib.Path(it[0]).stem for it in items}
+            missing = [x for x in cfg.data.train_exclude if x not in stems]
+            if missing:
+                raise ConfigError(f"data.train_exclude: no clear image has the stem {missing[0]!r}")
             items = [it for it in items if pathlib.Path(it[0]).stem not in set(cfg.data.train_exclude)]
         else:
             try:
@@ -225,6 +229,8 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                 raise ConfigError(str(e)) from None
         if not items:
             raise ConfigError("data.train_exclude: leaves no training image")
+    if cfg.data.crop == 0:
+        _check_one_size(items)
     ds = TrainDataset(items, cfg.data.kind, crop=cfg.data.crop, small=cfg.data.small, flip=cfg.data.flip,
                       rot90=cfg.data.rot90, seed=R.seed, with_depth=with_depth)
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -349,6 +355,7 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                         if log is not None:
                             log.write({"event": "skipped", "step": step, "what": msg, "count": len(corrupt)})
                 seen_idx += batch["index"]
+                lr = sched.get_last_lr()[0]   # the rate this step runs at (read before sched.step())
                 loss = _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params)
                 used, steps_here = used + int(batch["n"]), steps_here + 1
                 if not info.enabled and used == 0 and steps_here >= steps_per_epoch:
@@ -359,7 +366,6 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                 step += 1
                 last_loss = loss
                 if master:
-                    lr = sched.get_last_lr()[0]
                     if step % R.log_every == 0 or step == R.steps:
                         log.write({"step": step, "loss": loss, "lr": lr, "epoch": epoch, "skipped": len(corrupt)})
                     bar.update(step, loss, lr)
@@ -386,6 +392,22 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
     return {"step": step, "stopped": stopped, "best_psnr": best, "last_loss": last_loss,
             "checkpoint": str(last_path) if last_path else None, "corrupt": corrupt, "model": model,
             "ema": ema, "seen": seen_idx, "rank": info.rank, "world_size": info.world_size}
+
+
+def _check_one_size(items):
+    """data.crop = 0: every training image must have one size (read from the file headers)."""
+    from PIL import Image
+    sizes = {}
+    for it in items:
+        try:
+            with Image.open(it[0]) as im:
+                sizes.setdefault(im.size, it[0])
+        except OSError:
+            continue   # a corrupt image is reported and skipped by the loop
+        if len(sizes) > 1:
+            (a, pa), (b, pb) = list(sizes.items())[:2]
+            raise ConfigError(f"data.crop: 0 (whole images) needs training images of one size; {pa} is "
+                              f"{a[0]}x{a[1]} and {pb} is {b[0]}x{b[1]} (W x H): set data.crop")
 
 
 def _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params):
