@@ -1027,6 +1027,21 @@ def _validate_demo_args(args):
         _usage_error(f"--repeat: must be >= 1, got {args.repeat}")
 
 
+def _timed(fn, x, repeat, device):
+    """(fn(x), wall times of ``repeat`` calls), synchronising CUDA around each call."""
+    import torch
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_start = time.perf_counter()
+        y = fn(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t_start)
+    return y, times
+
+
 def cmd_demo(args) -> int:
     import numpy as np
     import torch
@@ -1082,15 +1097,7 @@ def cmd_demo(args) -> int:
     for b in backends:
         model = DarkChannelDehazer(args.patch, args.omega, args.top, args.radius, args.eps, args.t0, backend=b)
         try:
-            times = []
-            for _ in range(repeat):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t_start = time.perf_counter()
-                J = model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t_start)
+            J, times = _timed(model, x, repeat, device)
         except Exception as e:  # noqa: BLE001  (a backend that fails to compile/run, e.g. Triton's CompilationError)
             failed += 1
             msg = " ".join(str(e).split())
@@ -1103,15 +1110,7 @@ def cmd_demo(args) -> int:
     net_out = None
     if net is not None:
         try:
-            times = []
-            for _ in range(repeat):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t_start = time.perf_counter()
-                y = _demo_model_forward(net, x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t_start)
+            y, times = _timed(lambda v: _demo_model_forward(net, v), x, repeat, device)
         except Exception as e:  # noqa: BLE001  (as a DCP backend: reported, the others are still shown)
             failed += 1
             msg = " ".join(str(e).split())

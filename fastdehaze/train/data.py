@@ -95,32 +95,25 @@ def _augment(tensors, rng, crop, small, flip, rot90):
     so that a batch keeps one shape)."""
     H, W = tensors[0].shape[-2:]
     if crop == 0:
-        f = bool(rng.integers(0, 2)) if flip else False
-        k = int(rng.integers(0, 4)) if rot90 else 0
-        if H != W:
-            k = 2 * (k % 2)
-        out = []
-        for t in tensors:
-            if f:
-                t = t.flip(-1)
-            if k:
-                t = torch.rot90(t, k, (-2, -1))
-            out.append(t.contiguous())
-        return out
-    if H < crop or W < crop:
-        if small == "skip":
-            return None
-        ph, pw = max(0, crop - H), max(0, crop - W)
-        mode = "reflect" if ph < H and pw < W else "replicate"
-        tensors = [torch.nn.functional.pad(t[None], (0, pw, 0, ph), mode=mode)[0] for t in tensors]
-        H, W = tensors[0].shape[-2:]
-    y = int(rng.integers(0, H - crop + 1))
-    x = int(rng.integers(0, W - crop + 1))
+        window = None
+    else:
+        if H < crop or W < crop:
+            if small == "skip":
+                return None
+            ph, pw = max(0, crop - H), max(0, crop - W)
+            mode = "reflect" if ph < H and pw < W else "replicate"
+            tensors = [torch.nn.functional.pad(t[None], (0, pw, 0, ph), mode=mode)[0] for t in tensors]
+            H, W = tensors[0].shape[-2:]
+        window = (int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1)))
     f = bool(rng.integers(0, 2)) if flip else False
     k = int(rng.integers(0, 4)) if rot90 else 0
+    if window is None and H != W:
+        k = 2 * (k % 2)
     out = []
     for t in tensors:
-        t = t[:, y:y + crop, x:x + crop]
+        if window is not None:
+            y, x = window
+            t = t[:, y:y + crop, x:x + crop]
         if f:
             t = t.flip(-1)
         if k:
