@@ -439,7 +439,7 @@ def test_whole_frames_of_different_sizes_are_refused_before_training(tiny, tmp_p
         for sub in ("hazy", "clear"):
             Image.new("RGB", size, (100, 120, 140)).save(root / sub / f"s{i}.png")
     cfg = load_config(None, [f'data.train=["{root}"]', f"run.dir={tmp_path / 'run'}", *SMALL, "data.crop=0",
-                             "run.steps=1", "run.batch_size=1", "data.num_workers=2"])
+                             "run.steps=1", "run.batch_size=2", "data.num_workers=2"])
     with pytest.raises(ConfigError, match=r"data.crop.*s2.png is 48x32"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()

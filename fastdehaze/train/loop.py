@@ -229,7 +229,7 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
                 raise ConfigError(str(e)) from None
         if not items:
             raise ConfigError("data.train_exclude: leaves no training image")
-    if cfg.data.crop == 0:
+    if cfg.data.crop == 0 and local_b > 1:
         _check_one_size(items)
     ds = TrainDataset(items, cfg.data.kind, crop=cfg.data.crop, small=cfg.data.small, flip=cfg.data.flip,
                       rot90=cfg.data.rot90, seed=R.seed, with_depth=with_depth)
@@ -407,7 +407,7 @@ def _check_one_size(items):
         if len(sizes) > 1:
             (a, pa), (b, pb) = list(sizes.items())[:2]
             raise ConfigError(f"data.crop: 0 (whole images) needs training images of one size; {pa} is "
-                              f"{a[0]}x{a[1]} and {pb} is {b[0]}x{b[1]} (W x H): set data.crop")
+                              f"{a[0]}x{a[1]} and {pb} is {b[0]}x{b[1]} (W x H): set data.crop, or run.batch_size = 1 per rank")
 
 
 def _step(batch, trained, losses, teacher, haze, cfg, dev, autocast, opt, sched, scaler, params):
