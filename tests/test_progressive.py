@@ -433,8 +433,7 @@ def test_unet_prm_config_round_trip_and_gradients():
     I = _hazy(2, 37, 53)
     J0 = prm(I)
     J0.square().mean().backward()
-    missing = [n for n, p in prm.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, missing
+    _assert_all_grads(prm)
     assert prm.pad_multiple == 8
 
 

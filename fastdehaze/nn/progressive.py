@@ -151,7 +151,10 @@ def _estimated_receptive_field(module: nn.Module) -> int:
 
 # ---- the pre-restore module ---------------------------------------------------------------------
 
-class _ResBlock(nn.Module):
+class _PreActBlock(nn.Module):
+    """x + conv3x3(relu(conv3x3(relu(x)))): a pre-activation residual block (bases._ResBlock has
+    no leading ReLU; the shipped PRM's weights were trained with this one)."""
+
     def __init__(self, c):
         super().__init__()
         self.a = nn.Conv2d(c, c, 3, padding=1)
@@ -172,34 +175,39 @@ class _LocalUNet(nn.Module):
     def __init__(self, cin: int, width: int, levels: int):
         super().__init__()
         self.levels, self.multiple = levels, 2 ** levels
-        self.inc, self.enc0 = nn.Conv2d(cin, width, 3, padding=1), _ResBlock(width)
+        self.inc, self.enc0 = nn.Conv2d(cin, width, 3, padding=1), _PreActBlock(width)
         self.down, self.enc, self.up, self.dec = (nn.ModuleList() for _ in range(4))
         c = width
         for _ in range(levels):
             self.down.append(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1))
             c *= 2
-            self.enc.append(_ResBlock(c))
+            self.enc.append(_PreActBlock(c))
         self.glob = nn.Linear(c, c)
         for _ in range(levels):
             self.up.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
             c //= 2
-            self.dec.append(_ResBlock(c))
+            self.dec.append(_PreActBlock(c))
         self.out = nn.Conv2d(c, 1, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x, coarse_mean: Optional[torch.Tensor] = None):
+    def _encode(self, x):
+        """The encoder's features at every level (padded input; the last is the coarsest)."""
         H, W = x.shape[-2:]
         m = self.multiple
-        x = F.pad(x, (0, (-W) % m, 0, (-H) % m), mode="replicate")
-        x = self.enc0(self.inc(x))
-        skips = [x]
+        x = self.enc0(self.inc(F.pad(x, (0, (-W) % m, 0, (-H) % m), mode="replicate")))
+        feats = [x]
         for d, e in zip(self.down, self.enc):
             x = e(d(F.relu(x)))
-            skips.append(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x, coarse_mean: Optional[torch.Tensor] = None):
+        H, W = x.shape[-2:]
+        skips = self._encode(x)
+        x = skips.pop()
         mean = x.mean((2, 3)) if coarse_mean is None else coarse_mean
         x = x + self.glob(mean)[:, :, None, None]
-        skips.pop()
         for u, d in zip(self.up, self.dec):
             x = d(u(F.relu(x)) + skips.pop())
         return self.out(F.relu(x))[..., :H, :W]
@@ -207,13 +215,7 @@ class _LocalUNet(nn.Module):
     def coarse_mean(self, x):
         """The image-mean of the coarsest features (the global cue; computed on the whole image
         by ``global_context`` so that tiles share it)."""
-        m = self.multiple
-        H, W = x.shape[-2:]
-        x = F.pad(x, (0, (-W) % m, 0, (-H) % m), mode="replicate")
-        x = self.enc0(self.inc(x))
-        for d, e in zip(self.down, self.enc):
-            x = e(d(F.relu(x)))
-        return x.mean((2, 3))
+        return self._encode(x)[-1].mean((2, 3))
 
     @property
     def receptive_field(self) -> int:

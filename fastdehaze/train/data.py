@@ -213,29 +213,25 @@ class PairsDataset(torch.utils.data.Dataset):
         return {"hazy": hazy, "clear": clear, "index": i, "name": pathlib.Path(h).stem}
 
 
-def select_scenes(items, include=(), exclude=(), what="data.train_exclude"):
-    """The (hazy, clear, ...) items whose clear image's stem is in ``include`` (when given) and not in
-    ``exclude``. Raises ValueError naming ``what`` when a listed stem matches no clear image."""
-    stems = {pathlib.Path(it[1]).stem for it in items}
+def select_scenes(items, include=(), exclude=(), what="data.train_exclude", clear_index=1):
+    """The items whose clear image's stem (``item[clear_index]``: 1 for (hazy, clear, ...), 0 for
+    (clear, depth)) is in ``include`` (when given) and not in ``exclude``. Raises ValueError
+    naming ``what`` when a listed stem matches no clear image."""
+    stems = {pathlib.Path(it[clear_index]).stem for it in items}
     listed = list(include) + list(exclude)
     missing = [s for s in listed if s not in stems]
     if missing:
         raise ValueError(f"{what}: no clear image has the stem {missing[0]!r} "
                          f"(stems: {', '.join(sorted(stems)[:8])}{', ...' if len(stems) > 8 else ''})")
     inc, exc = set(include), set(exclude)
-    return [it for it in items if (not inc or pathlib.Path(it[1]).stem in inc)
-            and pathlib.Path(it[1]).stem not in exc]
+    return [it for it in items if (not inc or pathlib.Path(it[clear_index]).stem in inc)
+            and pathlib.Path(it[clear_index]).stem not in exc]
 
 
 def collate(samples):
     """Stack the good samples; ``bad`` lists the messages of corrupt ones, ``small`` skipped paths.
-    Samples of different sizes (whole images with data.crop = 0) are a ValueError naming data.crop."""
+    (Whole images, data.crop = 0, are checked for one size before training, by the loop.)"""
     good = [s for s in samples if "bad" not in s and "small" not in s]
-    sizes = {tuple(s["clear"].shape[-2:]) for s in good if isinstance(s.get("clear"), torch.Tensor)}
-    if len(sizes) > 1:
-        raise ValueError(f"data.crop = 0 (whole images) needs training images of one size; a batch holds "
-                         f"{' and '.join(f'{h}x{w}' for h, w in sorted(sizes)[:2])} (H x W): set data.crop "
-                         "or use run.batch_size = 1")
     batch = {"bad": [s["bad"] for s in samples if "bad" in s], "small": [s["small"] for s in samples if "small" in s],
              "index": [s["index"] for s in samples], "n": len(good)}
     if good:

@@ -216,17 +216,11 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
         except ValueError as e:
             raise ConfigError(f"data.train: {e}") from None
     if cfg.data.train_exclude:
-        if cfg.data.kind == "synth":
-            stems = {pathlib.Path(it[0]).stem for it in items}
-            missing = [x for x in cfg.data.train_exclude if x not in stems]
-            if missing:
-                raise ConfigError(f"data.train_exclude: no clear image has the stem {missing[0]!r}")
-            items = [it for it in items if pathlib.Path(it[0]).stem not in set(cfg.data.train_exclude)]
-        else:
-            try:
-                items = select_scenes(items, exclude=cfg.data.train_exclude)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        try:
+            items = select_scenes(items, exclude=cfg.data.train_exclude,
+                                  clear_index=0 if cfg.data.kind == "synth" else 1)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not items:
             raise ConfigError("data.train_exclude: leaves no training image")
     if cfg.data.crop == 0 and local_b > 1:
