@@ -170,6 +170,9 @@ def test_resume_exact(tiny, tmp_path):
     _write_cfg(tmp_path / "b.toml", tiny, tmp_path / "b", extra)           # same run, no stop
     r = _train_cli(b)
     assert "resumed from" in r.stdout and "step_0000003.pt" in r.stdout
+    # the resumed run's changed config replaced config.toml; the one of steps 1-3 is kept beside it
+    assert "stop_at_step = 3" in (tmp_path / "b" / "config_until_step_0000003.toml").read_text()
+    assert "stop_at_step = 0" in (tmp_path / "b" / "config.toml").read_text()
     fa, fb = _final(tmp_path / "a"), _final(tmp_path / "b")
     assert fa["step"] == fb["step"] == 7
     for k in fa["model"]:
@@ -442,7 +445,7 @@ def test_whole_frames_of_different_sizes_are_refused_before_training(tiny, tmp_p
                              "run.steps=1", "run.batch_size=2", "data.num_workers=2"])
     with pytest.raises(ConfigError, match=r"data.crop.*s2.png is 48x32"):
         train(cfg)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()     # a refused config leaves no run folder behind
 
 
 def test_synth_train_exclude_unknown_stem_is_an_error(tmp_path):

@@ -194,9 +194,6 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
     local_b = R.batch_size // info.world_size
     run_dir = pathlib.Path(R.dir)
     ck_dir = run_dir / "checkpoints"
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(format_config(cfg, docs=False))
 
     # ---- data ----
     if not cfg.data.train:
@@ -289,6 +286,14 @@ def _train(cfg: Config, resume, info: dist_.DistInfo) -> dict:
         step, best, corrupt = int(st["step"]), float(st["best_psnr"]), list(st.get("corrupt", []))
         if master:
             print(f"resumed from {path} at step {step}", flush=True)
+    if master:
+        # written once the config has passed every check (a refused config leaves no run folder);
+        # a resumed run with a changed config keeps the one it ran under so far beside it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_text, cfg_file = format_config(cfg, docs=False), run_dir / "config.toml"
+        if path is not None and cfg_file.is_file() and cfg_file.read_text() != cfg_text:
+            cfg_file.replace(run_dir / f"config_until_step_{step:07d}.toml")
+        cfg_file.write_text(cfg_text)
 
     trained = torch.compile(joint) if cfg.optim.compile else joint
     if info.enabled:
