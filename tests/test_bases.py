@@ -68,6 +68,9 @@ def test_bad_input(cls):
         m(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(TypeError, match="I must be"):
         m([1.0])
+    with pytest.raises(TypeError, match=r"I is torch.float64 but the model's parameters are torch.float32"):
+        m(_x(1, 3, 8, 8).double())
+    assert m.double()(_x(1, 3, 8, 8).double()).dtype == torch.float64
 
 
 def test_bad_construction():

@@ -138,6 +138,8 @@ def test_bad_input():
         m(torch.rand(1, 1, 8, 8))
     with pytest.raises(TypeError, match="return_j0"):
         m(torch.rand(1, 3, 8, 8), return_j0=1)
+    with pytest.raises(TypeError, match=r"I is torch.float16 but the model's parameters are torch.float32"):
+        m(torch.rand(1, 3, 8, 8).half())
     with pytest.raises(ValueError, match="base_input"):
         ProgressiveDehazer(TwoLayer(), base_input="both")
     with pytest.raises(TypeError, match="base must be"):
@@ -467,7 +469,9 @@ def test_unet_prm_tiled_equals_untiled():
 
 
 @pytest.mark.parametrize("kw, match", [(dict(local="mlp"), "local"), (dict(features="all"), "features"),
-                                       (dict(A_prior="grey"), "A_prior"), (dict(local="unet", levels=0), "levels")])
+                                       (dict(A_prior="grey"), "A_prior"), (dict(local="unet", levels=0), "levels"),
+                                       (dict(local="dilated", levels=2), "levels applies to local='unet' only"),
+                                       (dict(local="unet", layers=6), "layers applies to local='dilated' only")])
 def test_unet_prm_bad_args(kw, match):
     with pytest.raises((TypeError, ValueError), match=match):
         PreRestoreModule(**kw)

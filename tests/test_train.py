@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -327,6 +328,26 @@ def test_export_and_eval(tiny, tmp_path):
     assert main(["eval", str(tiny / "val" / "hazy"), str(tiny / "val" / "gt"), "-o", str(tmp_path / "m.csv")]) == 0
     rows = (tmp_path / "m.csv").read_text().splitlines()
     assert rows[0].startswith("image,clear,psnr,ssim") and rows[-1].startswith("mean,2,")
+
+
+def test_export_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
+    """A model file, a torch file of something else, a text file, a missing file: status 2 and one
+    line naming the file, no traceback, nothing written."""
+    from fastdehaze.cli import main
+    from fastdehaze.nn import UNet, save_model
+    save_model(UNet(width=4, levels=1), tmp_path / "model.safetensors")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "dict.pt")
+    torch.save(torch.zeros(2), tmp_path / "tensor.pt")
+    (tmp_path / "notes.txt").write_text("hello")
+    cases = {"model.safetensors": "a model file .* needs no export", "dict.pt": "not a checkpoint of .* 'spec'",
+             "tensor.pt": "not a checkpoint of .*Tensor", "notes.txt": "cannot be loaded as a torch checkpoint",
+             "missing.pt": "file not found"}
+    for name, msg in cases.items():
+        out = tmp_path / f"out_{name}.safetensors"
+        assert main(["export", str(tmp_path / name), str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert re.search(f"fastdehaze export: checkpoint .*{name}: {msg}", err), err
+        assert "Traceback" not in err and not out.exists()
 
 
 # ---- training improves ----------------------------------------------------------------------

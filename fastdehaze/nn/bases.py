@@ -65,6 +65,16 @@ def check_image(I, name="I", channels=3):
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(I.shape)}")
 
 
+def check_dtype(I, module: nn.Module, name="I"):
+    """TypeError naming ``name`` when I's dtype differs from ``module``'s floating parameters (the
+    convolutions would fail with a message naming neither), unless autocast is on for I's device."""
+    p = next((q for q in module.parameters() if q.is_floating_point()), None)
+    if p is None or I.dtype == p.dtype or torch.is_autocast_enabled(I.device.type):
+        return
+    raise TypeError(f"{name} is {I.dtype} but the model's parameters are {p.dtype}: pass {name}.to({p.dtype}), "
+                    f"convert the model (model.to({I.dtype})), or run under torch.autocast")
+
+
 def pad_to_multiple(x: torch.Tensor, m: int):
     """Pad x [B,C,H,W] at the bottom/right to multiples of m: reflection where the side allows
     it (pad < size), replication otherwise (a side of 1-3 pixels). Returns (padded, H, W)."""
@@ -168,6 +178,7 @@ class AODNet(_ContractMixin, nn.Module):
 
     def forward(self, I, context=None):
         check_image(I)
+        check_dtype(I, self)
         x1 = F.relu(self.conv1(I))
         x2 = F.relu(self.conv2(x1))
         x3 = F.relu(self.conv3(torch.cat((x1, x2), 1)))
@@ -299,6 +310,7 @@ class UNet(_ContractMixin, nn.Module):
 
     def forward(self, I, context=None):
         check_image(I)
+        check_dtype(I, self)
         x, H, W = pad_to_multiple(I, self.pad_multiple)
         J = I + self.net(x)[..., :H, :W]
         return J.clamp(0.0, 1.0) if self.clamp else J

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .bases import _int_arg
+from .bases import _int_arg, check_dtype
+from .bases import check_image as _check_image
 from .bases import pad_to_multiple as _pad_to
 
 try:  # L's registry (fastdehaze/nn/bases.py); a no-op until that file exists
@@ -61,19 +62,6 @@ def _float_arg(v, name, lo, hi, lo_open=False):
     if not ok:
         raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
     return float(v)
-
-
-def _check_image(I, name="I"):
-    if not isinstance(I, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(I).__name__}")
-    if not I.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got {I.dtype}")
-    if I.dim() != 4 or I.shape[1] != 3:
-        raise ValueError(f"{name} must be [B,3,H,W], got shape {tuple(I.shape)}")
-    if I.shape[2] < 1 or I.shape[3] < 1:
-        raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(I.shape)}")
-
-
 
 
 def _luma(I: torch.Tensor) -> torch.Tensor:
@@ -261,7 +249,16 @@ class PreRestoreModule(nn.Module):
         subsample: the guided filter's subsampling (1 = exact guided filter; > 1 = fast guided
             filter: tiled inference is then not exactly equal to untiled).
         width: channels of the local correction network (int >= 1, default 16).
-        layers: its number of 3x3 convolutions (int >= 2, default 4).
+        layers: with ``local = "dilated"``, its number of 3x3 convolutions (int >= 2, default 4;
+            any other value with ``local = "unet"`` is a ValueError).
+        local: the local network, "dilated" (the dilated convolutions of step 3, default) or
+            "unet" (:class:`_LocalUNet`: a U-Net with an image-level cue shared by tiles).
+        levels: with ``local = "unet"``, its number of down-sampling levels (int >= 1, default 1;
+            width * 2**levels <= 1024; any other value than 1 with "dilated" is a ValueError).
+        features: the local network's input, "basic" ([I, t_dcp]) or "rich" (also min_c I,
+            max_c I and -log t_dcp).
+        A_prior: the light the transmission prior divides by and A starts from: "dcp" (A_dcp,
+            default) or "white" (A = 1, as RESIDE's indoor haze).
         scale: the average pooling factor of its input (int >= 1, default 4): the correction
             is computed at 1/scale resolution.
         learn_A: if False, A = A_dcp (no A correction; the global head still gives g).
@@ -313,6 +310,12 @@ class PreRestoreModule(nn.Module):
                 raise ValueError(f"{name} must be one of {choices}, got {v!r}")
         self.local_kind, self.features, self.A_prior = local, features, A_prior
         self.levels = _int_arg(levels, "levels", 1)
+        if local == "dilated" and self.levels != 1:
+            raise ValueError(f"levels applies to local='unet' only (the dilated network's depth is `layers`), "
+                             f"got levels={levels}")
+        if local == "unet" and self.layers != 4:
+            raise ValueError(f"layers applies to local='dilated' only (the U-Net's depth is `levels`), "
+                             f"got layers={layers}")
         if local == "unet" and width * 2 ** self.levels > 1024:
             raise ValueError(f"width * 2**levels must be <= 1024 (the U-Net's coarsest channels), got width={width}, "
                              f"levels={levels}")
@@ -529,6 +532,7 @@ class ProgressiveDehazer(nn.Module):
 
     def forward(self, I: torch.Tensor, return_j0: bool = False, context: Optional[dict] = None):
         _check_image(I)
+        check_dtype(I, self)
         if not isinstance(return_j0, bool):
             raise TypeError(f"return_j0 must be a bool, got {type(return_j0).__name__}")
         ctx = {} if context is None else context

@@ -99,14 +99,30 @@ def save_checkpoint(state: dict, path) -> None:
     _fsync_dir(path.parent)
 
 
+_CHECKPOINT_KEYS = ("model", "spec", "step", "optimizer", "scheduler", "rng")
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a ValueError naming it."""
+    """``torch.load(path, weights_only=True)`` of a ``fastdehaze train`` checkpoint. A missing or
+    unreadable file, a model file (.safetensors: already exported) or any other file that is not
+    such a checkpoint (not a dict with the entries ``model``, ``spec``, ``step``, ``optimizer``,
+    ``scheduler``, ``rng``) is a ValueError naming it."""
+    p = pathlib.Path(path)
+    if p.suffix == ".safetensors" and p.is_file():
+        raise ValueError(f"checkpoint {path}: a model file (.safetensors), not a training checkpoint: it needs no "
+                         "export (use it with `dehaze --model`)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        st = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"checkpoint {path}: file not found") from None
     except Exception as e:  # noqa: BLE001  (truncated zip, unpickling refused, ...)
-        raise ValueError(f"checkpoint {path}: cannot be loaded ({type(e).__name__}: {e})") from None
+        raise ValueError(f"checkpoint {path}: cannot be loaded as a torch checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]})") from None
+    missing = [k for k in _CHECKPOINT_KEYS if k not in st] if isinstance(st, dict) else list(_CHECKPOINT_KEYS)
+    if missing:
+        raise ValueError(f"checkpoint {path}: not a checkpoint of `fastdehaze train` (a torch "
+                         f"{type(st).__name__} without {', '.join(repr(k) for k in missing)})")
+    return st
 
 
 def latest_checkpoint(ckpt_dir) -> Optional[pathlib.Path]:
