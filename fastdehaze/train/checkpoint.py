@@ -99,14 +99,14 @@ def save_checkpoint(state: dict, path) -> None:
     _fsync_dir(path.parent)
 
 
-_CHECKPOINT_KEYS = ("model", "spec", "step", "optimizer", "scheduler", "rng")
+_CHECKPOINT_KEYS = ("model", "spec", "step")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """``torch.load(path, weights_only=True)`` of a ``fastdehaze train`` checkpoint. A missing or
     unreadable file, a model file (.safetensors: already exported) or any other file that is not
-    such a checkpoint (not a dict with the entries ``model``, ``spec``, ``step``, ``optimizer``,
-    ``scheduler``, ``rng``) is a ValueError naming it."""
+    such a checkpoint (not a dict with the entries ``model``, ``spec`` and ``step``) is a
+    ValueError naming it."""
     p = pathlib.Path(path)
     if p.suffix == ".safetensors" and p.is_file():
         raise ValueError(f"checkpoint {path}: a model file (.safetensors), not a training checkpoint: it needs no "
